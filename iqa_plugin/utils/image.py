@@ -1,0 +1,127 @@
+"""Image input for every metric and loss of the plugin: reading, conversion and validation.
+
+Conventions: tensors are float, (B, C, H, W), RGB, values in [0, 1]. BasicSR's metric functions
+receive uint8 BGR HWC arrays; ``bgr_uint8_to_tensor`` converts them.
+"""
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+_range_warned = set()
+
+
+def read_image(path):
+    """Read an image file as a (1, 3, H, W) float32 RGB tensor in [0, 1].
+
+    Grayscale is replicated to RGB, an alpha channel is dropped, 16-bit files are scaled by 65535.
+    Raises FileNotFoundError / ValueError with the path in the message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'image not found: {path}')
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f'cannot read image (not an image or unsupported format): {path}')
+    if img.dtype == np.uint16:
+        img = img.astype(np.float32) / 65535.0
+    elif img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    else:
+        img = img.astype(np.float32)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.shape[2] == 4:
+        img = img[:, :, :3]
+    elif img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    img = img[:, :, ::-1]  # BGR -> RGB
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
+
+
+def list_images(folder):
+    """Sorted image files directly inside ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f'folder not found: {folder}')
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def bgr_uint8_to_tensor(img, device=None):
+    """BasicSR's HWC BGR image (uint8 in [0, 255], or float in [0, 255]) -> (1, 3, H, W) RGB in [0, 1]."""
+    if not isinstance(img, np.ndarray):
+        raise TypeError(f'expected a numpy HWC image, got {type(img).__name__}')
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise ValueError(f'expected an HWC image, got shape {tuple(img.shape)}')
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0
+    x = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)).astype(np.float32) / scale)[None]
+    return x.to(device) if device is not None else x
+
+
+def prepare_image(x, name='image', channels=3, min_size=16, out_of_range='clamp', value_range=(0.0, 1.0)):
+    """Validate one input batch and return it as (B, C, H, W).
+
+    Args:
+        x (Tensor): (C, H, W) or (B, C, H, W).
+        name (str): used in error messages (``'dist'``, ``'ref'``, ...).
+        channels (int): expected channels; a 1-channel input is replicated when ``channels == 3``.
+        min_size (int): smallest allowed height/width.
+        out_of_range (str): ``'clamp'`` (warn once per name, then clamp), ``'error'`` or ``'ignore'``.
+        value_range (tuple | None): allowed range; None skips the range check (latents).
+    """
+    if not torch.is_tensor(x):
+        raise TypeError(f'{name}: expected a torch.Tensor, got {type(x).__name__}')
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4:
+        raise ValueError(f'{name}: expected shape (B, C, H, W) or (C, H, W), got {tuple(x.shape)}')
+    if not x.is_floating_point():
+        raise TypeError(f'{name}: expected a float tensor in [0, 1], got dtype {x.dtype}')
+    c = x.shape[1]
+    if c != channels:
+        if c == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        else:
+            raise ValueError(f'{name}: expected {channels} channels, got {c} (shape {tuple(x.shape)})')
+    h, w = x.shape[-2:]
+    if min(h, w) < min_size:
+        raise ValueError(f'{name}: image is {h}x{w}, smaller than the minimum side of {min_size} px')
+    if not torch.isfinite(x).all():
+        raise ValueError(f'{name}: contains NaN or Inf values')
+    if value_range is not None and out_of_range != 'ignore':
+        lo, hi = value_range
+        xmin, xmax = float(x.min()), float(x.max())
+        if xmin < lo or xmax > hi:
+            if out_of_range == 'error':
+                raise ValueError(f'{name}: values must lie in [{lo}, {hi}], got [{xmin:.4g}, {xmax:.4g}]')
+            if name not in _range_warned:
+                _range_warned.add(name)
+                warnings.warn(f'{name}: values outside [{lo}, {hi}] (got [{xmin:.4g}, {xmax:.4g}]); clamping',
+                              stacklevel=2)
+            x = x.clamp(lo, hi)
+    return x
+
+
+def prepare_pair(dist, ref, **kwargs):
+    """Validate a distorted/reference pair (see ``prepare_image``); shapes must match."""
+    if torch.is_tensor(dist) and torch.is_tensor(ref) and dist.shape != ref.shape:
+        if not (dist.ndim == ref.ndim and dist.shape[0] == ref.shape[0] and dist.shape[2:] == ref.shape[2:]):
+            raise ValueError(f'dist and ref shapes differ: dist {tuple(dist.shape)} vs ref {tuple(ref.shape)}')
+    dist = prepare_image(dist, name='dist', **kwargs)
+    ref = prepare_image(ref, name='ref', **kwargs)
+    if dist.shape != ref.shape:
+        raise ValueError(f'dist and ref shapes differ: dist {tuple(dist.shape)} vs ref {tuple(ref.shape)}')
+    return dist, ref
+
+
+def crop_border(img, border):
+    """Crop ``border`` pixels from each side of an HWC array (BasicSR's ``crop_border``)."""
+    if border and border > 0:
+        return img[border:-border, border:-border, ...]
+    return img

@@ -1,0 +1,36 @@
+"""iqa-plugin: modern image-quality assessment losses, validators and training recipes for BasicSR."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec((Path(__file__).parent / 'iqa_plugin' / 'version.py').read_text(), version)
+
+setup(
+    name='iqa-plugin',
+    version=version['__version__'],
+    description='MILO, relational IQA, A-FINE and NR-IQA losses and validators for BasicSR training',
+    long_description=(Path(__file__).parent / 'README.md').read_text(encoding='utf-8'),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.9',
+    packages=find_packages(include=['iqa_plugin', 'iqa_plugin.*']),
+    package_data={'iqa_plugin': ['weights/*.pth', 'weights/*.json', 'weights/*.log', 'configs/*.yml']},
+    include_package_data=True,
+    install_requires=[
+        'basicsr==1.4.2',
+        'torch>=2.0',
+        'torchvision',
+        'pyiqa>=0.1.13',
+        'lpips',
+        'timm',
+        'tensorboard',
+        'scikit-image',
+        'opencv-python',
+        'pyyaml',
+        'tqdm',
+        'numpy',
+    ],
+    extras_require={'test': ['pytest'], 'latent': ['diffusers']},
+    entry_points={'console_scripts': ['iqa-plugin=iqa_plugin.cli:main']},
+)
