@@ -66,12 +66,13 @@ def cmd_score(args):
         kwargs['weights_path'] = args.weights
     if args.clip_weights:
         kwargs['clip_weights_path'] = args.clip_weights
+    pairs = _pairs(args.ref if spec.kind == 'fr' else None, args.dist)  # check files before building
+    images = [(name, read_image(r) if r is not None else None, read_image(d)) for name, r, d in pairs]
     metric = scoring.create_metric(args.metric, device=device, **kwargs)
-    pairs = _pairs(args.ref if spec.kind == 'fr' else None, args.dist)
     totals = {}
-    for name, ref_path, dist_path in pairs:
-        dist = read_image(dist_path).to(device)
-        ref = read_image(ref_path).to(device) if ref_path is not None else None
+    for name, ref, dist in images:
+        dist = dist.to(device)
+        ref = ref.to(device) if ref is not None else None
         if ref is not None and ref.shape != dist.shape:
             raise ValueError(f'size mismatch for {name}: ref {tuple(ref.shape[-2:])} vs dist {tuple(dist.shape[-2:])}')
         with torch.no_grad():

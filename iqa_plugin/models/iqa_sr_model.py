@@ -207,3 +207,6 @@ class IQASRModel(SRModel):
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
         self.best_select = resume_state.get('iqa_best')
+        if self.best_select:
+            b = self.best_select
+            get_root_logger().info(f"Resumed checkpoint selection: best {b['metric']} {b['val']:.4f} @ iter {b['iter']}")

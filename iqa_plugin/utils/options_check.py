@@ -39,6 +39,10 @@ def _is_plugin(obj):
     return getattr(obj, '__module__', '').startswith('iqa_plugin')
 
 
+def _takes_any_keyword(fn):
+    return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+
 def _named_params(fn):
     sig = inspect.signature(fn)
     return [n for n, p in sig.parameters.items()
@@ -66,7 +70,7 @@ def check_loss_block(block, where):
     if not isinstance(block, dict) or 'type' not in block:
         raise OptionError(f'{where} must be a mapping with a type: key')
     cls = _get(LOSS_REGISTRY, 'loss', block['type'], where)
-    if _is_plugin(cls):
+    if _is_plugin(cls) or not _takes_any_keyword(cls.__init__):
         _check_keys(block, _named_params(cls.__init__), where, block['type'])
     return cls
 
@@ -102,7 +106,7 @@ def check_options(opt, is_train=True):
             if 'type' not in block:
                 raise OptionError(f'{key} has no type: key')
             cls = _get(ARCH_REGISTRY, 'arch', block['type'], key)
-            if _is_plugin(cls):
+            if _is_plugin(cls) or not _takes_any_keyword(cls.__init__):
                 _check_keys(block, _named_params(cls.__init__), key, block['type'])
     for phase, dopt in (opt.get('datasets') or {}).items():
         if not isinstance(dopt, dict):

@@ -1,0 +1,117 @@
+"""Shared fixtures. ``shared_dir`` is ../shared beside the repository (skips when absent)."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import iqa_plugin  # noqa: F401  (shim + registries before any basicsr import in tests)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+
+
+@pytest.fixture(scope='session')
+def shared_dir():
+    if not (SHARED / 'README.md').is_file():
+        pytest.skip(f'../shared not found at {SHARED} (fresh clone without the shared data)')
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _isolated_torch_home(tmp_path, monkeypatch):
+    """No test reads or writes the user's torch hub cache; downloads are off unless a test allows them."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    monkeypatch.setenv('IQA_PLUGIN_OFFLINE', '1')
+    monkeypatch.delenv('IQA_PLUGIN_WEIGHTS_DIR', raising=False)
+
+
+def smooth_image(h, w, seed=0):
+    """A deterministic smooth colour image, uint8 HWC RGB."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(0, 255, size=(max(h // 8, 2), max(w // 8, 2), 3)).astype(np.float32)
+    img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += rng.normal(0, 6, size=img.shape).astype(np.float32)  # some texture
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_sr_folder(root, n=4, size=64, scale=4, seed=0):
+    """HR/LR pairs (PNG) under root/HR and root/LRx4; returns root."""
+    import cv2
+
+    root = Path(root)
+    (root / 'HR').mkdir(parents=True, exist_ok=True)
+    (root / 'LRx4').mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        hr = smooth_image(size, size, seed + i)
+        lr = cv2.resize(hr, (size // scale, size // scale), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(root / 'HR' / f'img{i:02d}.png'), hr[:, :, ::-1])
+        cv2.imwrite(str(root / 'LRx4' / f'img{i:02d}.png'), lr[:, :, ::-1])
+    return root
+
+
+TINY_OPTIONS = """
+name: {name}
+model_type: IQASRModel
+scale: 4
+num_gpu: 0
+manual_seed: 0
+datasets:
+  train:
+    name: tiny
+    type: PairedImageDataset
+    dataroot_gt: {data}/HR
+    dataroot_lq: {data}/LRx4
+    io_backend: {{type: disk}}
+    gt_size: 32
+    use_hflip: true
+    use_rot: false
+    num_worker_per_gpu: 0
+    batch_size_per_gpu: 2
+    dataset_enlarge_ratio: 4
+    prefetch_mode: ~
+  val:
+    name: tiny_val
+    type: PairedImageDataset
+    dataroot_gt: {data}/HR
+    dataroot_lq: {data}/LRx4
+    io_backend: {{type: disk}}
+network_g: {{type: MSRResNet, num_in_ch: 3, num_out_ch: 3, num_feat: 8, num_block: 1, upscale: 4}}
+path: {{pretrain_network_g: ~, strict_load_g: true, resume_state: ~}}
+train:
+  ema_decay: {ema}
+  optim_g: {{type: Adam, lr: !!float 1e-3, betas: [0.9, 0.99]}}
+  scheduler: {{type: MultiStepLR, milestones: [1000], gamma: 0.5}}
+  total_iter: {iters}
+  warmup_iter: -1
+  pixel_opt: {{type: L1Loss, loss_weight: 1.0, reduction: mean}}
+{extra_train}
+val:
+  val_freq: {val_freq}
+  save_img: false
+{extra_val}
+  metrics:
+    psnr: {{type: calculate_psnr, crop_border: 0, test_y_channel: false}}
+{extra_metrics}
+logger: {{print_freq: 1, save_checkpoint_freq: {val_freq}, use_tb_logger: {tb}, wandb: {{project: ~, resume_id: ~}}}}
+dist_params: {{backend: nccl, port: 29500}}
+"""
+
+
+def write_tiny_options(path, data, name='tiny', iters=4, val_freq=2, ema=0, tb='false', extra_train='',
+                       extra_val='', extra_metrics=''):
+    text = TINY_OPTIONS.format(name=name, data=Path(data).as_posix(), iters=iters, val_freq=val_freq, ema=ema,
+                               tb=tb, extra_train=extra_train, extra_val=extra_val, extra_metrics=extra_metrics)
+    Path(path).write_text(text)
+    return Path(path)
+
+
+@pytest.fixture
+def tiny_sr(tmp_path):
+    return make_sr_folder(tmp_path / 'data')
+
+
+def pytest_collection_modifyitems(config, items):
+    os.environ.setdefault('OMP_NUM_THREADS', '2')

@@ -1,0 +1,82 @@
+"""Real BasicSR training runs through the plugin: CLI, resume, checkpoint selection, failed starts, CPU DDP."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import write_tiny_options
+
+
+def _run(args, cwd, timeout=400):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _log(exp):
+    return '\n'.join(p.read_text() for p in sorted(Path(exp).glob('train_*.log')))
+
+
+def test_train_resume_and_select_by(tmp_path, tiny_sr):
+    opt = write_tiny_options(tmp_path / 'run.yml', tiny_sr, name='resume_test', iters=4, val_freq=2,
+                             extra_val='  select_by: psnr', tb='true')
+    r = _run([sys.executable, '-m', 'iqa_plugin.train', '-opt', str(opt)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    exp = tmp_path / 'experiments' / 'resume_test'
+    models = {p.name for p in (exp / 'models').glob('*.pth')}
+    assert {'net_g_2.pth', 'net_g_4.pth', 'net_g_best.pth', 'net_g_latest.pth'} <= models
+    state4 = torch.load(exp / 'training_states' / '4.state', weights_only=False)
+    best = state4['iqa_best']
+    assert best['metric'] == 'psnr' and best['iter'] in (2, 4)
+    assert list((tmp_path / 'tb_logger' / 'resume_test').glob('events.*'))
+
+    # resume to 6 iterations with --auto_resume
+    opt.write_text(opt.read_text().replace('total_iter: 4', 'total_iter: 6'))
+    r = _run([sys.executable, '-m', 'iqa_plugin.cli', 'train', '-opt', str(opt), '--auto_resume'], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = _log(exp)
+    assert 'Resuming training from epoch' in log and 'iter: 4' in log
+    assert f"Resumed checkpoint selection: best psnr {best['val']:.4f} @ iter {best['iter']}" in log
+    assert (exp / 'models' / 'net_g_6.pth').is_file()
+    state6 = torch.load(exp / 'training_states' / '6.state', weights_only=False)
+    b6 = state6['iqa_best']
+    assert b6['val'] >= best['val'] and (b6['iter'] == best['iter'] or b6['iter'] == 6)
+
+
+def test_failed_start_writes_nothing(tmp_path, tiny_sr):
+    opt = write_tiny_options(tmp_path / 'run.yml', tiny_sr, name='keep_me', iters=2, val_freq=2,
+                             extra_metrics='    q: {type: calculate_psnr, crop_border: 0}')
+    exp = tmp_path / 'experiments' / 'keep_me'
+    (exp / 'models').mkdir(parents=True)
+    (exp / 'models' / 'net_g_100.pth').write_bytes(b'precious')
+    opt.write_text(opt.read_text().replace('pixel_opt: {type: L1Loss, loss_weight: 1.0',
+                                           'pixel_opt: {type: L1Loss, loss_weight: 1.0, no_such_key: 3'))
+    from iqa_plugin.train import run
+    import pytest
+    with pytest.raises(Exception):
+        run(['-opt', str(opt)], root_path=str(tmp_path))
+    assert (exp / 'models' / 'net_g_100.pth').read_bytes() == b'precious'
+    assert sorted(p.name for p in (tmp_path / 'experiments').iterdir()) == ['keep_me']
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, tiny_sr):
+    opt = write_tiny_options(tmp_path / 'ddp.yml', tiny_sr, name='ddp_test', iters=4, val_freq=4)
+    torchrun = Path(sys.executable).parent / 'torchrun'
+    cmd = [str(torchrun), '--nproc_per_node=2', f'--master_port={_free_port()}', '--master_addr=127.0.0.1',
+           '-m', 'iqa_plugin.train', '-opt', str(opt), '--launcher', 'pytorch']
+    r = _run(cmd, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    exp = tmp_path / 'experiments' / 'ddp_test'
+    log = _log(exp)
+    assert 'world_size: 2' in log or "'world_size': 2" in log or 'world_size: 2' in r.stdout
+    assert (exp / 'models' / 'net_g_4.pth').is_file()
+    sd = torch.load(exp / 'models' / 'net_g_4.pth', weights_only=True)['params']
+    assert not any(k.startswith('module.') for k in sd)  # BasicSR unwraps DDP when saving
