@@ -3,7 +3,9 @@
 Every factory in the table returns a frozen ``torch.nn.Module`` in eval mode with attributes
 ``kind`` ('fr' or 'nr'), ``lower_better`` (bool) and ``output_names`` (tuple), whose
 ``forward(dist, ref=None)`` takes (B, 3, H, W) RGB tensors in [0, 1] and returns an ordered
-dict of (B,) tensors, the primary score first. Factories take ``device`` plus the keyword
+dict of (B,) tensors, the primary score first. ``forward`` is differentiable with respect to
+``dist`` where the metric allows it (callers that only score wrap it in ``torch.no_grad()``), so the
+same module serves pyiqa's ``as_loss`` and gradient checks. Factories take ``device`` plus the keyword
 arguments listed in ``defaults``; ``weights_path`` always means an explicit weights file.
 """
 import importlib

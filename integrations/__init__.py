@@ -1,0 +1,1 @@
+"""Thin adapters between iqa-plugin and neighbouring tools (used from a clone of the repository)."""
