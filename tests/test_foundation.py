@@ -117,3 +117,25 @@ def test_cli_weights_list_and_verify(capsys):
     assert code == 0, out + err
     code, out, err = cli(capsys, 'weights', 'fetch', 'milo')  # offline in tests
     assert code == 2 and 'MILO.pth' in err and 'github.com/ugurcogalan06/MILO' in err
+
+
+@pytest.mark.parametrize('path', sorted(str(p.relative_to(REPO)) for p in (REPO / 'options').rglob('*.yml')))
+def test_shipped_option_files_pass_the_check(path, shared_dir, monkeypatch):
+    from iqa_plugin.utils.options_check import check_option_file
+    monkeypatch.chdir(REPO)  # option files use paths relative to the repository root
+    check_option_file(path)
+
+
+def test_bicubic_sr_dataset(tiny_sr):
+    from basicsr.data import build_dataset
+    ds = build_dataset({'name': 't', 'type': 'BicubicSRDataset', 'dataroot_gt': str(tiny_sr / 'HR'), 'scale': 4,
+                        'phase': 'train', 'gt_size': 32})
+    item = ds[0]
+    assert item['gt'].shape == (3, 32, 32) and item['lq'].shape == (3, 8, 8)
+    assert 0 <= float(item['lq'].min()) and float(item['lq'].max()) <= 1
+    val = build_dataset({'name': 'v', 'type': 'BicubicSRDataset', 'dataroot_gt': str(tiny_sr / 'HR'), 'scale': 4,
+                         'phase': 'val'})
+    assert val[1]['gt'].shape == (3, 64, 64) and val[1]['lq'].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match='not a multiple of scale'):
+        build_dataset({'name': 'b', 'type': 'BicubicSRDataset', 'dataroot_gt': str(tiny_sr / 'HR'), 'scale': 4,
+                       'phase': 'train', 'gt_size': 30})
