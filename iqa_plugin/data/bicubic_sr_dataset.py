@@ -50,7 +50,7 @@ class BicubicSRDataset(data.Dataset):
             if min(h, w) < self.gt_size:
                 raise ValueError(f'BicubicSRDataset: {path} is {h}x{w}, smaller than gt_size {self.gt_size}')
             top, left = random.randint(0, h - self.gt_size), random.randint(0, w - self.gt_size)
-            gt = gt[top:top + self.gt_size, left:left + self.gt_size]
+            gt = np.ascontiguousarray(gt[top:top + self.gt_size, left:left + self.gt_size])
             gt = augment(gt, self.opt.get('use_hflip', True), self.opt.get('use_rot', True))
         else:
             h, w = gt.shape[:2]
