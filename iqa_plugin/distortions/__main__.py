@@ -1,0 +1,8 @@
+"""``python -m iqa_plugin.distortions``: throughput of every operation and of ``sample`` on one core."""
+import sys
+
+from iqa_plugin.distortions import main
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
+    sys.exit(0)
