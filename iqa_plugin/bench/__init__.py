@@ -7,4 +7,5 @@ a dict that the CLI prints as the final JSON line (it includes a ``ratio``).
 BENCHES = {
     'milo': 'iqa_plugin.bench.milo_bench:main',
     'afine': 'iqa_plugin.bench.afine_bench:main',
+    'nriqa': 'iqa_plugin.bench.nriqa_bench:main',
 }

@@ -96,7 +96,7 @@ def prepare_image(x, name='image', channels=3, min_size=16, out_of_range='clamp'
         raise ValueError(f'{name}: contains NaN or Inf values')
     if value_range is not None and out_of_range != 'ignore':
         lo, hi = value_range
-        xmin, xmax = float(x.min()), float(x.max())
+        xmin, xmax = float(x.detach().min()), float(x.detach().max())
         if xmin < lo or xmax > hi:
             if out_of_range == 'error':
                 raise ValueError(f'{name}: values must lie in [{lo}, {hi}], got [{xmin:.4g}, {xmax:.4g}]')
