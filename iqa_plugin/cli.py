@@ -2,6 +2,7 @@
 
     iqa-plugin train -opt YAML [--launcher none|pytorch|slurm] [--auto_resume] [--debug]
     iqa-plugin score --metric NAME [--ref PATH] --dist PATH [--weights PATH] [--json]
+    iqa-plugin score --metric relational --ref R (--dist D [--save-maps DIR] | --compare A B)
     iqa-plugin weights list|fetch NAME|verify
     iqa-plugin bench NAME [ARGS...]
     iqa-plugin demo [--arch swinir|rrdb] [--iters N] [--out DIR]
@@ -152,11 +153,13 @@ def build_parser():
     p = sub.add_parser('score', help='score images with a metric')
     p.add_argument('--metric', required=True, help='metric name (see iqa_plugin.scoring.METRICS)')
     p.add_argument('--ref', help='reference image or folder (full-reference metrics)')
-    p.add_argument('--dist', required=True, help='distorted image or folder (matched to --ref by file name)')
+    p.add_argument('--dist', help='distorted image or folder (matched to --ref by file name)')
     p.add_argument('--weights', help='explicit weights file')
     p.add_argument('--clip-weights', help='explicit CLIP ViT-B/32 file (A-FINE)')
     p.add_argument('--device', help='cpu or cuda (default: cuda when available)')
     p.add_argument('--json', action='store_true', help='one JSON object per line')
+    p.add_argument('--save-maps', metavar='DIR', help='relational: write per-type colour distortion maps (PNG)')
+    p.add_argument('--compare', nargs=2, metavar=('A', 'B'), help='relational: which of A and B is better vs --ref')
 
     p = sub.add_parser('weights', help='list, fetch or verify weight files')
     p.add_argument('action', choices=['list', 'fetch', 'verify'])
@@ -189,6 +192,13 @@ def dispatch(argv):
     if rest:
         parser.error(f'unrecognized arguments: {" ".join(rest)}')
     if args.command == 'score':
+        if args.metric == 'relational' and (args.save_maps or args.compare):
+            from iqa_plugin.relational_cli import cmd_relational
+            return cmd_relational(args)
+        if args.save_maps or args.compare:
+            raise UsageError('--save-maps and --compare are options of --metric relational')
+        if not args.dist:
+            raise UsageError('score needs --dist')
         return cmd_score(args)
     if args.command == 'weights':
         return cmd_weights(args)

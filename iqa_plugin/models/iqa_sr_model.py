@@ -24,10 +24,11 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from iqa_plugin import scoring
+from iqa_plugin.models.relational_select import RelationalSelectionMixin  # val.select_by: relational
 
 
 @MODEL_REGISTRY.register()
-class IQASRModel(SRModel):
+class IQASRModel(RelationalSelectionMixin, SRModel):
 
     def init_training_settings(self):
         train_opt = self.opt['train']
@@ -125,6 +126,7 @@ class IQASRModel(SRModel):
                     suffix = self.opt['val'].get('suffix') or self.opt['name']
                     save_path = osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
                 imwrite(sr_img, save_path)
+            self._relational_collect(img_name, out_t, gt_t)  # relational checkpoint selection
             for name, opt_ in metrics_opt.items():
                 if opt_['type'] in scoring.METRICS:
                     self.metric_results[name] += self._score_tensor(name, opt_, out_t, gt_t)
@@ -170,6 +172,9 @@ class IQASRModel(SRModel):
             return
         if select_by not in self.metric_results:
             raise ValueError(f"val.select_by: '{select_by}' is not one of val.metrics: {', '.join(self.metric_results)}")
+        if self._relational_selection(select_by):
+            return self._select_relational(dataset_name, current_iter, tb_logger, select_by,
+                                           self.opt['val']['metrics'][select_by])
         val = float(self.metric_results[select_by])
         better = self.opt['val']['metrics'][select_by].get('better', 'higher')
         best = self.best_select

@@ -1,0 +1,246 @@
+"""``RelationalModel``: train the relational IQA networks with BasicSR (``model_type: RelationalModel``).
+
+Two stages, selected by ``train.stage`` (see ``iqa_plugin.archs.relational_arch`` for the networks):
+
+1. map regression (``RelationalTripletDataset`` with ``mode: pairs``): for a reference ``r`` and two
+   distorted versions ``d0``, ``d1`` with engine maps ``m0``, ``m1``, the anti-symmetric objective
+
+       L1 = |P(d0, r) - m0| + |P(d1, r) - m1| + pair_weight * |P(d0, d1) - (m0 - m1)|
+
+   (means over axes and pixels). The reversed terms (``P(r, d0)`` vs ``-m0``, ...) are identical by
+   construction (``P(a, b) = -P(b, a)`` exactly), so they are not computed twice; the pair term
+   between two distorted images is what makes the network relational rather than "distance to ref".
+2. listwise ranking (``mode: tiers``): for tiers ``t = 0..T-1`` of one content at increasing
+   severity, scores ``s_t = s(d_t | r)`` are trained with ListMLE (Plackett-Luce likelihood of the
+   true order, best first): ``L2 = -sum_t [s_t - logsumexp(s_t, ..., s_{T-1})]`` (mean over items).
+   The distortion network is frozen unless ``train.finetune_distortion: true``.
+
+Options (besides BasicSR's ``datasets``, ``path``, ``logger``)::
+
+    network_rel: {type: RelationalIQANet, num_feat: 32, num_head: 32, num_hidden: 16}
+    path: {pretrain_network_rel: ~, strict_load_rel: true}     # stage 2 starts from stage 1's file
+    train:
+      stage: 1
+      optim: {type: AdamW, lr: !!float 2e-3, weight_decay: !!float 1e-4}
+      scheduler: {type: CosineAnnealingRestartLR, periods: [600], restart_weights: [1], eta_min: !!float 1e-5}
+      total_iter: 600
+      pair_weight: 1.0         # stage 1
+      finetune_distortion: false  # stage 2
+      num_threads: 1           # torch CPU threads (1 is fastest on a shared machine); ~ = leave as is
+    val:
+      val_freq: 100
+      metrics:
+        map_l1: {type: relational_map_l1}     # mean |P(dist, ref) - maps|, lower is better
+        kendall: {type: relational_kendall}   # Kendall tau of s over tiers vs. the true order ('tiers' data)
+
+Checkpoints: ``net_rel_<iter>.pth`` (BasicSR layout) and ``relational_<iter>.pth``, a plain state dict
+that ``build_relational_scorer(weights_path=...)`` loads (the format of the packaged
+``iqa_plugin/weights/relational.pth``).
+"""
+from collections import OrderedDict
+from os import path as osp
+
+import torch
+from basicsr.archs import build_network
+from basicsr.models.base_model import BaseModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import MODEL_REGISTRY
+
+STAGES = (1, 2)
+_VAL_TYPES = {'relational_map_l1': 'lower', 'relational_kendall': 'higher'}  # iqa_plugin.metrics.relational_metric
+
+
+def listmle_loss(scores):
+    """ListMLE for scores (B, T) whose true order is column 0 (best) to T-1 (worst): (B,) losses."""
+    rev = torch.flip(scores, dims=[1])
+    tail_lse = torch.flip(torch.logcumsumexp(rev, dim=1), dims=[1])  # logsumexp(s_t..s_{T-1})
+    return (tail_lse - scores).sum(1)
+
+
+def kendall_tau(scores, order):
+    """Kendall tau-a between ``scores`` (B, T) and a quality order (B, T) (higher = better): (B,)."""
+    ds = scores[:, :, None] - scores[:, None, :]
+    do = order[:, :, None] - order[:, None, :]
+    t = scores.shape[1]
+    iu = torch.triu_indices(t, t, 1)
+    prod = torch.sign(ds[:, iu[0], iu[1]]) * torch.sign(do[:, iu[0], iu[1]])
+    return prod.mean(1)
+
+
+@MODEL_REGISTRY.register()
+class RelationalModel(BaseModel):
+    """Stage 1 (maps) or stage 2 (ranking) training of ``RelationalIQANet`` (see the module docstring)."""
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        train_opt = opt.get('train') or {}
+        threads = train_opt.get('num_threads')
+        if threads:
+            torch.set_num_threads(int(threads))
+        net_opt = dict(opt.get('network_rel') or {'type': 'RelationalIQANet'})
+        net_opt.setdefault('type', 'RelationalIQANet')
+        self.net_rel = self.model_to_device(build_network(net_opt))
+        self.print_network(self.net_rel)
+        path_opt = opt.get('path') or {}
+        if path_opt.get('pretrain_network_rel'):
+            self.load_rel(path_opt['pretrain_network_rel'], strict=path_opt.get('strict_load_rel', True))
+        self.stage = int(train_opt.get('stage', 1))
+        if self.stage not in STAGES:
+            raise ValueError(f"train.stage must be 1 or 2, got {train_opt.get('stage')!r}")
+        if self.is_train:
+            self.init_training_settings()
+
+    @property
+    def net(self):
+        return self.get_bare_model(self.net_rel)
+
+    def load_rel(self, path, strict=True):
+        from iqa_plugin.archs.relational_arch import load_relational_weights
+
+        if strict:
+            load_relational_weights(self.net, 'relational', path)
+            get_root_logger().info(f'Loaded RelationalIQANet from {path}')
+            return
+        from iqa_plugin import weights as weights_mod
+
+        sd = weights_mod.load_state_dict(weights_mod.resolve('relational', path))
+        for key in ('params_ema', 'params'):
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+        missing, unexpected = self.net.load_state_dict(sd, strict=False)
+        get_root_logger().info(f'Loaded RelationalIQANet from {path} (non-strict; missing: {missing or "none"}, '
+                               f'unexpected: {unexpected or "none"})')
+
+    # ------------------------------------------------------------------ setup
+    def init_training_settings(self):
+        train_opt = self.opt['train']
+        self.net_rel.train()
+        self.pair_weight = float(train_opt.get('pair_weight', 1.0))
+        finetune = bool(train_opt.get('finetune_distortion', False))
+        for p in self.net.distortion.parameters():
+            p.requires_grad_(self.stage == 1 or finetune)
+        for p in self.net.score.parameters():
+            p.requires_grad_(self.stage == 2)
+        params = [p for p in self.net_rel.parameters() if p.requires_grad]
+        optim_opt = dict(train_opt.get('optim') or {'type': 'AdamW', 'lr': 1e-3})
+        optim_type = optim_opt.pop('type', 'AdamW')
+        if not hasattr(torch.optim, optim_type):
+            raise ValueError(f"unknown optimizer type '{optim_type}' (a torch.optim class name, e.g. AdamW)")
+        self.optimizer = getattr(torch.optim, optim_type)(params, **optim_opt)
+        self.optimizers.append(self.optimizer)
+        if train_opt.get('scheduler'):
+            self.setup_schedulers()
+
+    # ------------------------------------------------------------------ data
+    def feed_data(self, data):
+        self.ref = data['ref'].to(self.device)
+        self.dist = data['dist'].to(self.device)
+        self.maps = data['maps'].to(self.device)
+        self.tier = data.get('tier')
+
+    # ------------------------------------------------------------------ losses
+    def stage1_losses(self):
+        """OrderedDict of scalar losses of stage 1 for the fed batch (needs 2 distorted versions)."""
+        if self.dist.shape[1] < 2:
+            raise ValueError('stage 1 needs items with 2 distorted versions (dataset mode: pairs)')
+        dnet = self.net.distortion
+        size = self.ref.shape[-2:]
+        fr = dnet.features(self.ref)
+        f0, f1 = dnet.features(self.dist[:, 0]), dnet.features(self.dist[:, 1])
+        m0, m1 = self.maps[:, 0], self.maps[:, 1]
+        out = OrderedDict()
+        out['l_ref'] = 0.5 * ((dnet.forward_features(f0, fr, size) - m0).abs().mean()
+                              + (dnet.forward_features(f1, fr, size) - m1).abs().mean())
+        if self.pair_weight > 0:
+            out['l_pair'] = self.pair_weight * (dnet.forward_features(f0, f1, size) - (m0 - m1)).abs().mean()
+        return out
+
+    def tier_scores(self):
+        """(B, T) relational scores of the fed tiers relative to their reference."""
+        b, t = self.dist.shape[:2]
+        ref = self.ref[:, None].expand(-1, t, -1, -1, -1).reshape(b * t, *self.ref.shape[1:])
+        return self.net.relational_score(self.dist.reshape(b * t, *self.dist.shape[2:]), ref).view(b, t)
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.stage == 1:
+            loss_dict = self.stage1_losses()
+        else:
+            scores = self.tier_scores()
+            loss_dict = OrderedDict(l_listmle=listmle_loss(scores).mean())
+        l_total = sum(loss_dict.values())
+        l_total.backward()
+        self.optimizer.step()
+        log = OrderedDict((k, v.detach()) for k, v in loss_dict.items())
+        if self.stage == 2:
+            log['train_tau'] = kendall_tau(scores.detach(), -torch.arange(scores.shape[1]).expand_as(scores)).mean()
+        self.log_dict = self.reduce_loss_dict(log)
+
+    # ------------------------------------------------------------------ validation
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        if self.opt.get('rank', 0) == 0:
+            self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
+
+    @torch.no_grad()
+    def evaluate(self, dataloader):
+        """{'relational_map_l1': mean |P(dist, ref) - maps|, 'relational_kendall': mean tau} on ``dataloader``."""
+        self.net_rel.eval()
+        l1, taus = [], []
+        try:
+            for batch in dataloader:
+                self.feed_data(batch)
+                b, n = self.dist.shape[:2]
+                ref = self.ref[:, None].expand(-1, n, -1, -1, -1).reshape(b * n, *self.ref.shape[1:])
+                dist = self.dist.reshape(b * n, *self.dist.shape[2:])
+                maps = self.net.distortion(dist, ref)
+                l1.append((maps - self.maps.reshape(b * n, *self.maps.shape[2:])).abs().mean(dim=(1, 2, 3)).cpu())
+                if n > 2 or (self.tier is not None and bool((self.tier >= 0).all())):
+                    s = self.net.score(maps).view(b, n)
+                    taus.append(kendall_tau(s, -self.tier.to(s.device).float()).cpu())
+        finally:
+            self.net_rel.train()
+        nan = float('nan')
+        return {'relational_map_l1': float(torch.cat(l1).mean()) if l1 else nan,
+                'relational_kendall': float(torch.cat(taus).mean()) if taus else nan}
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        dataset_name = dataloader.dataset.opt.get('name', 'val')
+        metrics = (self.opt.get('val') or {}).get('metrics') or {}
+        for name, m in metrics.items():
+            if m.get('type') not in _VAL_TYPES:
+                raise ValueError(f"val.metrics.{name}: RelationalModel supports type {' or '.join(_VAL_TYPES)}, "
+                                 f"got {m.get('type')!r}")
+            m.setdefault('better', _VAL_TYPES[m['type']])
+        values = self.evaluate(dataloader)
+        self.metric_results = {name: values[m['type']] for name, m in metrics.items()}
+        if metrics:
+            self._initialize_best_metric_results(dataset_name)
+            for name, v in self.metric_results.items():
+                self._update_best_metric_result(dataset_name, name, v, current_iter)
+        log = f'Validation {dataset_name} (stage {self.stage})\n'
+        for name, v in self.metric_results.items():
+            best = self.best_metric_results[dataset_name][name]
+            log += f'\t # {name}: {v:.4f}\tBest: {best["val"]:.4f} @ {best["iter"]} iter\n'
+        get_root_logger().info(log)
+        if tb_logger:
+            for name, v in self.metric_results.items():
+                tb_logger.add_scalar(f'metrics/{dataset_name}/{name}', v, current_iter)
+
+    def get_current_visuals(self):
+        return OrderedDict()
+
+    # ------------------------------------------------------------------ saving
+    @master_only
+    def save_plain(self, current_iter):
+        """Write ``relational_<iter>.pth``: the plain state dict the scorer loads."""
+        tag = 'latest' if current_iter == -1 else current_iter
+        path = osp.join(self.opt['path']['models'], f'relational_{tag}.pth')
+        torch.save({k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}, path)
+        return path
+
+    def save(self, epoch, current_iter):
+        self.save_network(self.net_rel, 'net_rel', current_iter)
+        self.save_plain(current_iter)
+        self.save_training_state(epoch, current_iter)
