@@ -170,7 +170,7 @@ def build_parser():
 
     p = sub.add_parser('demo', help='train a small x4 SR model on bundled images')
     p.add_argument('--arch', choices=['swinir', 'rrdb'], default='swinir')
-    p.add_argument('--iters', type=int, default=None, help='training iterations (default from the demo options)')
+    p.add_argument('--iters', type=int, default=None, help='training iterations (default 600)')
     p.add_argument('--val-freq', type=int, default=None)
     p.add_argument('--out', default='iqa_plugin_demo', help='output folder (default ./iqa_plugin_demo)')
     p.add_argument('--device', choices=['auto', 'cpu'], default='auto')

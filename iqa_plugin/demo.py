@@ -114,7 +114,7 @@ def run_demo(arch='swinir', iters=None, out='iqa_plugin_demo', val_freq=None, de
 
     from iqa_plugin.train import run
 
-    iters = iters or 300
+    iters = iters or 600
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     num_gpu = 'auto' if device == 'auto' else 0
