@@ -2,7 +2,7 @@
 
 Networks are built with ``pretrained=False`` (random weights): no pyiqa weights can be downloaded
 here. The large pyiqa networks (musiq, nima, topiq_nr, liqe, clipiqa; 27-150 M parameters) take
-tens of seconds each on 2 CPU cores; their forward/gradient tests run with IQA_PLUGIN_SLOW_TESTS=1.
+tens of seconds each on 2 CPU cores; their forward/gradient tests are skipped with IQA_PLUGIN_FAST_TESTS=1.
 """
 import functools
 import os
@@ -22,8 +22,8 @@ from iqa_plugin.nriqa import (NR_METRICS, WeightFile, build_pyiqa_scorer, metric
                               pyiqa_config, read_weights, score_candidates)
 from iqa_plugin.torchscript_tensors import read_torchscript_tensors
 
-slow = pytest.mark.skipif(not os.environ.get('IQA_PLUGIN_SLOW_TESTS'),
-                          reason='large pyiqa network on CPU (tens of seconds); set IQA_PLUGIN_SLOW_TESTS=1')
+slow = pytest.mark.skipif(bool(os.environ.get('IQA_PLUGIN_FAST_TESTS')),
+                          reason='large pyiqa network on CPU (tens of seconds); unset IQA_PLUGIN_FAST_TESTS')
 
 HEAVY = ['musiq', 'nima', 'topiq_nr', 'liqe', 'clipiqa']
 LIGHT = ['paq2piq', 'niqe', 'brisque']  # arniqa: see test_arniqa_from_pyiqa_files...
@@ -352,7 +352,8 @@ def test_nriqa_loss_through_registry_with_nr_lite():
     assert x.grad.abs().sum() > 0
 
 
-def test_nriqa_loss_missing_weights_is_weights_manager_error():
+def test_nriqa_loss_missing_weights_is_weights_manager_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(wm, 'PACKAGE_WEIGHTS_DIR', tmp_path)  # as if the packaged file were missing
     with pytest.raises(wm.WeightsError, match='nr_lite.pth'):
         NRIQALoss(metric='nr-lite')
 
