@@ -40,8 +40,8 @@ from torch import nn
 
 from iqa_plugin.archs.milo_arch import get_frozen_milo
 from iqa_plugin.utils.image import prepare_pair
+from iqa_plugin.utils.loss_util import check_reduction, weighted_reduce
 
-_REDUCTIONS = ('mean', 'sum', 'none')
 _SCHEDULES = ('linear', 'cosine', 'step')
 _CURRICULUM_KEYS = ('schedule', 'start', 'end', 'steps', 'min_weight')
 
@@ -114,8 +114,7 @@ class _MILOLossBase(nn.Module):
     def __init__(self, loss_weight=1.0, reduction='mean', weights=None, weights_path=None, curriculum=None,
                  detach_mask=True, out_of_range='clamp', channels_last='auto'):
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}")
+        check_reduction(reduction)
         if out_of_range not in ('clamp', 'error', 'ignore'):
             raise ValueError(f"out_of_range must be 'clamp', 'error' or 'ignore', got {out_of_range!r}")
         self.loss_weight = float(loss_weight)
@@ -170,11 +169,7 @@ class _MILOLossBase(nn.Module):
         return err.mean(dim=(1, 2, 3))
 
     def _reduce(self, per_image):
-        if self.reduction == 'mean':
-            per_image = per_image.mean()
-        elif self.reduction == 'sum':
-            per_image = per_image.sum()
-        return self.loss_weight * per_image
+        return weighted_reduce(per_image, self.reduction, self.loss_weight)
 
     def extra_repr(self):
         return (f'weights={self.weights!r}, loss_weight={self.loss_weight}, reduction={self.reduction!r}, '

@@ -15,8 +15,8 @@ from torch import nn
 from basicsr.utils.registry import LOSS_REGISTRY
 
 from iqa_plugin.scoring import create_metric, get_spec
+from iqa_plugin.utils.loss_util import check_reduction, weighted_reduce
 
-_REDUCTIONS = ('none', 'mean', 'sum')
 
 
 @LOSS_REGISTRY.register()
@@ -37,8 +37,7 @@ class NRIQALoss(nn.Module):
 
     def __init__(self, metric='musiq', loss_weight=1.0, weights_path=None, pretrained=True, reduction='mean'):
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"NRIQALoss: reduction must be one of {_REDUCTIONS}, got '{reduction}'")
+        check_reduction(reduction)
         spec = get_spec(metric)
         if spec.kind != 'nr':
             raise ValueError(f"NRIQALoss needs a no-reference metric; '{metric}' is full-reference")
@@ -70,11 +69,7 @@ class NRIQALoss(nn.Module):
             loss = (scores - lo) / (hi - lo)
         else:
             loss = (hi - scores) / (hi - lo)
-        if self.reduction == 'mean':
-            loss = loss.mean()
-        elif self.reduction == 'sum':
-            loss = loss.sum()
-        return self.loss_weight * loss
+        return weighted_reduce(loss, self.reduction, self.loss_weight)
 
     def extra_repr(self):
         return f"metric='{self.metric}', loss_weight={self.loss_weight}, reduction='{self.reduction}'"

@@ -18,8 +18,8 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from iqa_plugin.utils.image import prepare_pair
+from iqa_plugin.utils.loss_util import check_reduction, weighted_reduce
 
-_REDUCTIONS = ('mean', 'sum', 'none')
 _MODES = ('softplus', 'neg')
 
 
@@ -41,8 +41,7 @@ class RelationalLoss(nn.Module):
     def __init__(self, loss_weight=1.0, reduction='mean', mode='softplus', weights='relational', weights_path=None,
                  out_of_range='clamp'):
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}")
+        check_reduction(reduction)
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
         if out_of_range not in ('clamp', 'error', 'ignore'):
@@ -82,11 +81,7 @@ class RelationalLoss(nn.Module):
     def forward(self, pred, target):
         s = self.score(pred, target)
         per_image = F.softplus(-s) - math.log(2.0) if self.mode == 'softplus' else -s
-        if self.reduction == 'mean':
-            per_image = per_image.mean()
-        elif self.reduction == 'sum':
-            per_image = per_image.sum()
-        return self.loss_weight * per_image
+        return weighted_reduce(per_image, self.reduction, self.loss_weight)
 
     def extra_repr(self):
         return f'loss_weight={self.loss_weight}, reduction={self.reduction!r}, mode={self.mode!r}'
