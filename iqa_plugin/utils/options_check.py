@@ -85,7 +85,9 @@ def check_metric_block(block, where):
     name = block['type']
     if name in scoring.METRICS:  # batched tensor validator of the plugin's SR models
         spec = scoring.METRICS[name]
-        allowed = set(spec.defaults) | _METRIC_COMMON | {'weights_path', 'crop_border'}
+        factory = scoring._import_factory(spec.factory)
+        allowed = (set(spec.defaults) | set(_named_params(factory)) | _METRIC_COMMON
+                   | {'weights_path', 'crop_border', 'output'}) - {'device'}
         _check_keys(block, allowed, where, name)
         return None
     fn = _get(METRIC_REGISTRY, 'metric', name, where)

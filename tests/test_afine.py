@@ -1,0 +1,413 @@
+"""A-FINE: parity with pyiqa on identical (random, published-shape) weights, batching, gradients,
+any size, weights handling, the scorer/loss/validator wrappers.
+
+The published weights cannot be downloaded here, so ``write_random_afine_weights`` builds an
+``afine.pth`` and a CLIP ViT-B/32 state dict with pyiqa's own classes; its calibrators are set so
+that the outputs lie in the sensitive range of the sigmoids (checked below), not saturated.
+"""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import iqa_plugin  # noqa: F401
+from iqa_plugin import scoring
+from iqa_plugin import weights as weights_mod
+from iqa_plugin.archs.afine_arch import AFINE, Encoded, RefCache, build_afine_scorer
+from iqa_plugin.archs.clip_vit_arch import CLIPVisionTower, load_clip_state_dict
+from iqa_plugin.bench.afine_bench import bench_images, build_pyiqa_afine, write_random_afine_weights
+
+TOL = 1e-4
+TINY_VIT = {'width': 64, 'layers': 2, 'patch_size': 16, 'grid': 4}
+
+
+def _no_clip_hash():
+    """The random CLIP file is not OpenAI's release; let the weights manager accept it for these tests."""
+    entry = weights_mod.WEIGHTS['clip-vit-b-32']
+    return dataclasses.replace(entry, sha256='')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _one_thread():
+    """One torch thread: batch-1 ViT calls and tiny networks gain little from more, and lose a lot on a
+    machine shared by parallel jobs (OpenMP threads then wait on each other)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    return write_random_afine_weights(tmp_path_factory.mktemp('afine_w'), seed=0)
+
+
+@pytest.fixture(scope='module')
+def theirs(files):
+    return build_pyiqa_afine(*files, model_type='afine_all_scale')
+
+
+@pytest.fixture(scope='module')
+def ours(files):
+    afine_path, clip_path = files
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(weights_mod.WEIGHTS, 'clip-vit-b-32', _no_clip_hash())
+        net = build_afine_scorer('cpu', model_type='afine_all_scale', weights_path=str(afine_path),
+                                 clip_weights_path=str(clip_path))
+    return net
+
+
+@pytest.fixture(scope='module')
+def images():
+    dist, ref = bench_images(2, 224, 224, seed=3)
+    small_dist, small_ref = bench_images(2, 64, 96, seed=4)
+    return dist[:1], ref[:1], small_dist, small_ref
+
+
+def pyiqa_terms(theirs, dist, ref):
+    """pyiqa's afine_all_scale, afine_fr and afine_nr of each image from ONE call of its forward per image.
+
+    Its forward computes every term and returns the one named by ``model_type``; forward hooks on its
+    calibrators read the others (fidelity: ``net_scale_fr``; naturalness of the test image: the first
+    call of ``net_scale_nr``). ``test_pyiqa_hooks_equal_its_outputs`` checks this equals its outputs.
+    """
+    seen = {'fr': [], 'nr': []}
+    hooks = [theirs.net_scale_fr.register_forward_hook(lambda m, i, o: seen['fr'].append(o.flatten())),
+             theirs.net_scale_nr.register_forward_hook(lambda m, i, o: seen['nr'].append(o.flatten()))]
+    theirs.model_type = 'afine_all_scale'
+    out = {'afine_all_scale': [], 'afine_fr': [], 'afine_nr': []}
+    try:
+        with torch.no_grad():
+            for i in range(dist.shape[0]):
+                seen['fr'].clear()
+                seen['nr'].clear()
+                out['afine_all_scale'].append(theirs(dist[i:i + 1].clone(), ref[i:i + 1].clone()).flatten())
+                out['afine_fr'].append(seen['fr'][0])
+                out['afine_nr'].append(seen['nr'][0])  # test image first, then the reference
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope='module')
+def pyiqa_values(theirs, images):
+    d224, r224, d, r = images
+    return pyiqa_terms(theirs, d224, r224), pyiqa_terms(theirs, d, r)
+
+
+def test_pyiqa_hooks_equal_its_outputs(theirs, images, pyiqa_values):
+    _, _, d, r = images
+    _, small = pyiqa_values
+    for mt in ('afine_fr', 'afine_nr'):
+        theirs.model_type = mt
+        try:
+            with torch.no_grad():
+                v = theirs(d[:1].clone(), None if mt == 'afine_nr' else r[:1].clone()).flatten()
+        finally:
+            theirs.model_type = 'afine_all_scale'
+        assert torch.allclose(v, small[mt][:1], atol=1e-6, rtol=0), mt
+
+
+def test_parity_with_pyiqa(ours, images, pyiqa_values):
+    """afine_all_scale, afine_fr, afine_nr within 1e-4 at 224x224 and (batch of 2) at 64x96."""
+    d224, r224, d, r = images
+    for (dd, rr), want in zip(((d224, r224), (d, r)), pyiqa_values):
+        with torch.no_grad():
+            enc_d, enc_r = ours.encode(dd), ours.encode(rr)
+            got = ours.terms(enc_d, enc_r)
+        for mt in ('afine_all_scale', 'afine_fr', 'afine_nr'):
+            assert got[mt].shape == (dd.shape[0],)
+            assert torch.allclose(got[mt], want[mt], atol=TOL, rtol=0), (mt, got[mt], want[mt])
+        # the random weights are in a sensitive range: no saturated sigmoid ...
+        assert (got['afine_fr'].abs() < 1.9).all() and (got['afine_nr'].abs() < 1.9).all()
+        assert ((got['afine_all_scale'] > 1) & (got['afine_all_scale'] < 99)).all()
+    # ... and different images give clearly different values
+    for mt in ('afine_all_scale', 'afine_fr', 'afine_nr'):
+        assert (got[mt][0] - got[mt][1]).abs() > 1e-3, mt
+    with torch.no_grad():
+        swapped = ours.fidelity(Encoded(enc_d.pixels.flip(0), [f.flip(0) for f in enc_d.feats]), enc_r)
+    assert (ours.fidelity_scale(swapped) - got['afine_fr']).abs().min() > 1e-3
+    # the full forward (validation + one CLIP pass over dist and ref) gives the same numbers
+    with torch.no_grad():
+        full = ours(d, r)
+    for mt in ours.output_names:
+        assert torch.allclose(full[mt], got[mt], atol=1e-5, rtol=0), mt
+
+
+def test_nr_scorer_from_table_ignores_reference(files, images, pyiqa_values):
+    afine_path, _ = files
+    _, _, d, r = images
+    nr = scoring.create_metric('afine_nr', weights_path=str(afine_path), clip_weights='none')
+    assert nr.kind == 'nr' and nr.lower_better and nr.output_names == ('afine_nr',)
+    assert not nr.training and all(not p.requires_grad for p in nr.parameters())
+    with torch.no_grad():
+        alone = nr(d)['afine_nr']
+        assert torch.allclose(alone, pyiqa_values[1]['afine_nr'], atol=TOL, rtol=0)
+        assert torch.equal(nr(d, r[:, :, :32])['afine_nr'], alone)  # ref ignored, even a mismatched one
+
+
+def test_scorer_contract_and_frozen(ours):
+    assert not ours.training
+    assert all(not p.requires_grad for p in ours.parameters())
+    assert ours.kind == 'fr' and ours.lower_better is True
+    assert ours.output_names[0] == 'afine_all_scale'
+    assert set(ours.output_names) == {'afine_all_scale', 'afine_all', 'afine_fr', 'afine_nr', 'afine_nr_ref'}
+
+
+def test_gradient_to_test_image_and_inputs_untouched(ours, images):
+    _, _, d, r = images
+    d0, r0 = d.clone(), r.clone()
+    x = d.clone().requires_grad_(True)
+    ours(x, r)['afine_all_scale'].sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert torch.equal(d, d0) and torch.equal(r, r0)  # pyiqa normalises its inputs in place; we never do
+    assert all(p.grad is None for p in ours.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# implementation properties on a tiny random A-FINE (same code, milliseconds per call)
+
+@pytest.fixture(scope='module')
+def tiny():
+    torch.manual_seed(0)
+    net = AFINE(weights='none', clip_weights='none', vit=TINY_VIT, hidden_dim=8)
+    with torch.no_grad():  # calibrators into the sensitive range of this random net
+        net.natural_scale.yita3.fill_(0.0)
+        net.natural_scale.yita4.fill_(0.05)
+        net.fidelity_scale.yita3.fill_(0.1)
+        net.fidelity_scale.yita4.fill_(0.1)
+        net.adapter.k.fill_(0.0)
+    return scoring.freeze(net)
+
+
+def test_batch_equals_singles_and_shared_reference(tiny):
+    d, r = bench_images(3, 48, 64, seed=5)
+    with torch.no_grad():
+        both = tiny(d, r)
+        singles = [tiny(d[i:i + 1], r[i:i + 1]) for i in range(3)]
+        shared = tiny(d, r[:1])  # one reference for the whole batch, encoded once
+        first_ref = [tiny(d[i:i + 1], r[:1]) for i in range(3)]
+    for k in tiny.output_names:
+        assert torch.allclose(both[k], torch.cat([s[k] for s in singles]), atol=1e-5, rtol=1e-6), k
+        assert torch.allclose(shared[k], torch.cat([s[k] for s in first_ref]), atol=1e-5, rtol=1e-6), k
+        assert (both[k][0] - both[k][1]).abs() > 1e-4, k
+
+
+def test_sizes_not_divisible_by_patch(tiny):
+    d, r = bench_images(2, 50, 75, seed=6)  # the tiny ViT has 16 px patches: 50x75 -> 64x80
+    d0 = d.clone()
+    with torch.no_grad():
+        out = tiny(d, r)
+    assert torch.equal(d, d0)
+    assert all(torch.isfinite(v).all() and v.shape == (2,) for v in out.values())
+    # 'resize' (default) scores the bicubic resize to the next multiples of the patch size
+    assert torch.equal(tiny.fit_size(d), F.interpolate(d, size=(64, 80), mode='bicubic', align_corners=False))
+    assert tiny.fit_size(d[..., :48, :64]).data_ptr() == d[..., :48, :64].data_ptr()  # multiples: untouched
+    tiny.size_mode = 'reflect'
+    try:
+        with torch.no_grad():
+            out_pad = tiny(d, r)
+        padded = tiny.fit_size(d)
+    finally:
+        tiny.size_mode = 'resize'
+    assert all(torch.isfinite(v).all() for v in out_pad.values())
+    assert padded.shape[-2:] == (64, 80) and torch.equal(padded[..., :50, :75], d)
+    x = d.clone().requires_grad_(True)
+    tiny(x, r)['afine_all_scale'].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_input_errors(tiny):
+    d, r = bench_images(2, 32, 32, seed=7)
+    with pytest.raises(ValueError, match='shapes differ'):
+        tiny(d, r[:, :, :16])
+    bad = d.clone()
+    bad[0, 0, 0, 0] = float('nan')
+    with pytest.raises(ValueError, match='NaN'):
+        tiny(bad, r)
+    with pytest.raises(ValueError, match='reference'):
+        tiny(d)
+    with pytest.raises(ValueError, match='smaller than the minimum'):
+        tiny(d[..., :8, :8], r[..., :8, :8])
+    for bad_opt in ({'model_type': 'afine_foo'}, {'size_mode': 'crop'}, {'amp_dtype': 'int8'}):
+        with pytest.raises(ValueError, match=list(bad_opt)[0]):
+            AFINE(weights='none', clip_weights='none', vit=TINY_VIT, **bad_opt)
+
+
+def test_missing_weights_offline_error(monkeypatch, tmp_path):
+    monkeypatch.setenv('IQA_PLUGIN_OFFLINE', '1')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'empty_torch_home'))
+    with pytest.raises(weights_mod.WeightsError, match=r'afine\.pth.*offline'):
+        AFINE()
+    with pytest.raises(weights_mod.WeightsError, match=r'ViT-B-32\.pt.*offline'):
+        scoring.create_metric('afine', weights='none')
+    with pytest.raises(weights_mod.WeightsError, match='not found'):
+        AFINE(weights_path=str(tmp_path / 'nope.pth'), clip_weights='none')
+    junk = tmp_path / 'junk.pth'
+    torch.save({'natural': {}}, junk)
+    with pytest.raises(weights_mod.WeightsError, match='lacks keys'):
+        AFINE(weights_path=str(junk), clip_weights='none')
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")
+def test_clip_file_formats(tmp_path, monkeypatch):
+    """OpenAI's TorchScript archive and a plain state dict give the same tower; wrong shapes fail clearly."""
+    torch.manual_seed(0)
+    tower = CLIPVisionTower(**TINY_VIT)
+
+    class CLIPLike(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = tower
+            self.text_projection = torch.nn.Parameter(torch.zeros(3))
+
+        def forward(self, x):
+            return self.visual(x)[-1]
+
+    ts_path = tmp_path / 'clip_ts.pt'
+    torch.jit.save(torch.jit.trace(CLIPLike().eval(), torch.rand(1, 3, 64, 64)), str(ts_path))
+    sd_path = tmp_path / 'clip_sd.pth'
+    torch.save(CLIPLike().state_dict(), sd_path)
+    a, b = load_clip_state_dict(ts_path), load_clip_state_dict(sd_path)
+    for k, v in tower.state_dict().items():
+        assert torch.equal(a[f'visual.{k}'], v) and torch.equal(b[f'visual.{k}'], v), k
+    monkeypatch.setitem(weights_mod.WEIGHTS, 'clip-vit-b-32', _no_clip_hash())
+    for path in (ts_path, sd_path):
+        net = AFINE(weights='none', clip_weights_path=str(path), hidden_dim=8)
+        assert net.clip.config == {**TINY_VIT, 'heads': 1}
+        for k, v in tower.state_dict().items():
+            assert torch.equal(net.clip.state_dict()[k], v)
+    # an A-FINE file whose CLIP does not fit the base CLIP is refused with the key named
+    bad = AFINE(weights='none', clip_weights='none', vit={**TINY_VIT, 'layers': 1}, hidden_dim=8).afine_state_dict()
+    bad_path = tmp_path / 'bad_afine.pth'
+    torch.save(bad, bad_path)
+    with pytest.raises(weights_mod.WeightsError, match='finetuned_clip'):
+        AFINE(weights_path=str(bad_path), clip_weights_path=str(sd_path))
+
+
+def test_clip_hash_is_checked(files):
+    """An explicit CLIP file that is not OpenAI's release fails the published sha256."""
+    afine_path, clip_path = files
+    with pytest.raises(weights_mod.WeightsError, match='sha256'):
+        AFINE(weights_path=str(afine_path), clip_weights_path=str(clip_path))
+
+
+@pytest.fixture(scope='module')
+def tiny_file(tiny, tmp_path_factory):
+    """``tiny`` saved in the published afine.pth layout (visual-only finetuned_clip)."""
+    path = tmp_path_factory.mktemp('afine_tiny') / 'afine_tiny.pth'
+    torch.save(tiny.afine_state_dict(), path)
+    return path
+
+
+def test_afine_layout_roundtrip(tiny, tiny_file):
+    net = AFINE(weights_path=str(tiny_file), clip_weights='none')  # config and hidden_dim from the file
+    cli_style = AFINE(weights_path=str(tiny_file), clip_weights_path='none')  # iqa-plugin score --clip-weights none
+    d, r = bench_images(2, 32, 48, seed=8)
+    with torch.no_grad():
+        a, b, c = net(d, r), tiny(d, r), cli_style(d, r)
+    for k in tiny.output_names:
+        assert torch.equal(a[k], b[k]) and torch.equal(c[k], b[k]), k
+
+
+def test_afine_loss(tiny_file):
+    d, r = bench_images(2, 32, 48, seed=9)
+    from iqa_plugin.losses.afine_loss import AFINELoss
+
+    loss = AFINELoss(loss_weight=2.0, weights_path=str(tiny_file), clip_weights='none')
+    assert list(loss.parameters()) == [] and loss.state_dict() == {}
+    loss.train()
+    net = loss.afine('cpu')
+    assert not net.training and all(not p.requires_grad for p in net.parameters())
+    pred = d.clone().requires_grad_(True)
+    target = r.clone().requires_grad_(True)
+    value = loss(pred, target)
+    with torch.no_grad():
+        want = 2.0 * (net(d, r)['afine_all_scale'] / 100).mean()
+    assert value.ndim == 0 and torch.allclose(value, want, atol=1e-6)
+    value.backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    assert target.grad is None
+    for mt in ('afine_fr', 'afine_nr', 'afine_all'):
+        per = AFINELoss(model_type=mt, reduction='none', weights_path=str(tiny_file), clip_weights='none')(d, r)
+        assert per.shape == (2,) and torch.isfinite(per).all()
+        if mt != 'afine_all':
+            assert ((per > 0) & (per < 1)).all()
+    with pytest.raises(ValueError, match='reduction'):
+        AFINELoss(reduction='avg', weights_path=str(tiny_file), clip_weights='none')
+
+
+def test_afine_loss_from_yaml_block(tiny_file):
+    """BasicSR builds the loss from a YAML block: explicit keyword arguments only."""
+    from basicsr.losses import build_loss
+
+    loss = build_loss({'type': 'AFINELoss', 'loss_weight': 0.5, 'model_type': 'afine_fr',
+                       'weights_path': str(tiny_file), 'clip_weights_path': None, 'reduction': 'sum',
+                       'clip_weights': 'none'})
+    d, r = bench_images(2, 32, 32, seed=10)
+    assert loss(d, r).ndim == 0
+    with pytest.raises(TypeError):
+        build_loss({'type': 'AFINELoss', 'weights_path': str(tiny_file), 'clip_weights': 'none', 'unknown': 1})
+
+
+def test_calculate_afine_metric(tiny_file):
+    from basicsr.utils.registry import METRIC_REGISTRY
+
+    from iqa_plugin.utils.image import bgr_uint8_to_tensor
+
+    d, r = bench_images(1, 40, 56, seed=11)
+    to_bgr = lambda t: (t[0].permute(1, 2, 0).numpy()[:, :, ::-1] * 255).round().astype(np.uint8)
+    img, img2 = to_bgr(d), to_bgr(r)
+    fn = METRIC_REGISTRY.get('calculate_afine')
+    opts = dict(weights_path=str(tiny_file), clip_weights='none', crop_border=4, better='lower')
+    v = fn(img, img2, **opts)
+    n_cached = len(scoring._cache)
+    assert fn(img, img2, **opts) == v and len(scoring._cache) == n_cached  # the network is built once
+    net = AFINE(weights_path=str(tiny_file), clip_weights='none')
+    with torch.no_grad():
+        want = float(net(bgr_uint8_to_tensor(img[4:-4, 4:-4]), bgr_uint8_to_tensor(img2[4:-4, 4:-4]))
+                     ['afine_all_scale'][0])
+    assert isinstance(v, float) and abs(v - want) < 1e-5 and 0 < v < 100
+    nr = fn(img, None, model_type='afine_nr', weights_path=str(tiny_file), clip_weights='none')
+    assert -2 < nr < 2
+    with pytest.raises(ValueError, match='img2'):
+        fn(img, None, weights_path=str(tiny_file), clip_weights='none')
+
+
+def test_reference_cache(tiny_file):
+    net = scoring.freeze(AFINE(weights_path=str(tiny_file), clip_weights='none', ref_cache_mib=1))
+    plain = scoring.freeze(AFINE(weights_path=str(tiny_file), clip_weights='none'))
+    d, r = bench_images(3, 32, 48, seed=12)
+    with torch.no_grad():
+        first = net(d, r)
+        assert net.ref_cache.misses == 3 and net.ref_cache.hits == 0
+        again = net(d.flip(0), r.flip(0))  # same references, other order
+        shared = net(d, r[:1])
+        want, want_shared = plain(d.flip(0), r.flip(0)), plain(d, r[:1])
+    assert net.ref_cache.hits == 4 and net.ref_cache.misses == 3
+    for k in net.output_names:
+        assert torch.allclose(first[k], want[k].flip(0), atol=1e-6) and torch.allclose(again[k], want[k], atol=1e-6)
+        assert torch.allclose(shared[k], want_shared[k], atol=1e-6)
+    per_image = RefCache._size(net.ref_cache.items[next(iter(net.ref_cache.items))])
+    small = AFINE(weights_path=str(tiny_file), clip_weights='none', ref_cache_mib=2.5 * per_image / 2 ** 20)
+    with torch.no_grad():
+        small(d, r)
+    assert len(small.ref_cache.items) == 2 and small.ref_cache.bytes <= small.ref_cache.budget  # LRU eviction
+    x = d.clone().requires_grad_(True)
+    net(x, r)['afine_all_scale'].sum().backward()  # gradients: the cache is bypassed
+    assert net.ref_cache.hits == 4 and torch.isfinite(x.grad).all()
+
+
+def test_loss_and_validator_share_one_network(tiny_file):
+    from iqa_plugin.archs.afine_arch import get_frozen_afine
+    from iqa_plugin.losses.afine_loss import AFINELoss
+    from iqa_plugin.metrics.afine_metric import calculate_afine
+
+    loss = AFINELoss(weights_path=str(tiny_file), clip_weights='none')
+    img = (np.random.default_rng(0).uniform(0, 255, (32, 32, 3))).astype(np.uint8)
+    calculate_afine(img, img, weights_path=str(tiny_file), clip_weights='none', device='cpu')
+    shared = get_frozen_afine('cpu', weights_path=str(tiny_file), clip_weights='none')
+    assert loss.afine('cpu') is shared and shared.ref_cache.budget == 256 * 2 ** 20
