@@ -15,8 +15,7 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from iqa_plugin.archs.afine_arch import MODEL_TYPES, get_frozen_afine
-
-_REDUCTIONS = ('mean', 'sum', 'none')
+from iqa_plugin.utils.loss_util import check_reduction, weighted_reduce
 
 
 def normalise_afine(score, model_type):
@@ -52,8 +51,7 @@ class AFINELoss(nn.Module):
                  reduction='mean', weights='afine', clip_weights='clip-vit-b-32', size_mode='resize', amp_dtype=None,
                  out_of_range='clamp'):
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}, got {reduction!r}")
+        check_reduction(reduction)
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
         self.loss_weight = float(loss_weight)
@@ -83,11 +81,7 @@ class AFINELoss(nn.Module):
 
     def forward(self, pred, target=None):
         per_image = self.per_image(pred, target)
-        if self.reduction == 'mean':
-            per_image = per_image.mean()
-        elif self.reduction == 'sum':
-            per_image = per_image.sum()
-        return self.loss_weight * per_image
+        return weighted_reduce(per_image, self.reduction, self.loss_weight)
 
     def extra_repr(self):
         return f"model_type={self.model_type!r}, loss_weight={self.loss_weight}, reduction={self.reduction!r}"
