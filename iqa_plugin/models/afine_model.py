@@ -46,6 +46,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
+from iqa_plugin.utils.val_log import record_validation
 from iqa_plugin import weights as weights_mod
 from iqa_plugin.archs.afine_arch import AFINE_KEYS, Encoded, fidelity_loss, thurstone_prob
 from iqa_plugin.metrics.afine_metric import calculate_2afc_accuracy
@@ -244,19 +245,9 @@ class AFINEModel(BaseModel):
             m = dict(m)
             fn = METRIC_REGISTRY.get(m.pop('type'))
             self.metric_results[name] = float(fn(**data, **m))
-        if metrics:
-            self._initialize_best_metric_results(dataset_name)
-            for name, v in self.metric_results.items():
-                self._update_best_metric_result(dataset_name, name, v, current_iter)
         n = int((data['label'] != 0.5).sum())
-        log = f'Validation {dataset_name} (stage {self.stage}, {len(data["label"])} pairs, {n} untied)\n'
-        for name, v in self.metric_results.items():
-            best = self.best_metric_results[dataset_name][name]
-            log += f'\t # {name}: {v:.4f}\tBest: {best["val"]:.4f} @ {best["iter"]} iter\n'
-        get_root_logger().info(log)
-        if tb_logger:
-            for name, v in self.metric_results.items():
-                tb_logger.add_scalar(f'metrics/{dataset_name}/{name}', v, current_iter)
+        record_validation(self, dataset_name, current_iter, tb_logger,
+                          f'Validation {dataset_name} (stage {self.stage}, {len(data["label"])} pairs, {n} untied)')
 
     def get_current_visuals(self):
         return OrderedDict()

@@ -47,6 +47,8 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from iqa_plugin.utils.val_log import record_validation
+
 STAGES = (1, 2)
 _VAL_TYPES = {'relational_map_l1': 'lower', 'relational_kendall': 'higher'}  # iqa_plugin.metrics.relational_metric
 
@@ -215,18 +217,7 @@ class RelationalModel(BaseModel):
             m.setdefault('better', _VAL_TYPES[m['type']])
         values = self.evaluate(dataloader)
         self.metric_results = {name: values[m['type']] for name, m in metrics.items()}
-        if metrics:
-            self._initialize_best_metric_results(dataset_name)
-            for name, v in self.metric_results.items():
-                self._update_best_metric_result(dataset_name, name, v, current_iter)
-        log = f'Validation {dataset_name} (stage {self.stage})\n'
-        for name, v in self.metric_results.items():
-            best = self.best_metric_results[dataset_name][name]
-            log += f'\t # {name}: {v:.4f}\tBest: {best["val"]:.4f} @ {best["iter"]} iter\n'
-        get_root_logger().info(log)
-        if tb_logger:
-            for name, v in self.metric_results.items():
-                tb_logger.add_scalar(f'metrics/{dataset_name}/{name}', v, current_iter)
+        record_validation(self, dataset_name, current_iter, tb_logger, f'Validation {dataset_name} (stage {self.stage})')
 
     def get_current_visuals(self):
         return OrderedDict()
