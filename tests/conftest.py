@@ -18,6 +18,32 @@ def shared_dir():
     return SHARED
 
 
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """One torch thread for a module: tiny networks and pyiqa's float64 metrics gain little from more,
+    and lose a lot when parallel jobs share the 2 cores (OpenMP threads then wait on each other).
+    Use with ``pytestmark = pytest.mark.usefixtures('one_torch_thread')``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='session')
+def random_milo_weights(tmp_path_factory):
+    """A random (seed 0) RGB MILO state dict in a file, for tests that need no official weights."""
+    import torch
+
+    from iqa_plugin.archs.milo_arch import MILO
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('milo') / 'random_milo.pth'
+    torch.save(MILO(weights=None).state_dict(), path)
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_torch_home(tmp_path, monkeypatch):
     """No test reads or writes the user's torch hub cache; downloads are off unless a test allows them."""

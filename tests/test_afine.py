@@ -29,14 +29,7 @@ def _no_clip_hash():
     return dataclasses.replace(entry, sha256='')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    """One torch thread: batch-1 ViT calls and tiny networks gain little from more, and lose a lot on a
-    machine shared by parallel jobs (OpenMP threads then wait on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

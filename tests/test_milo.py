@@ -34,17 +34,8 @@ def fixtures(shared_dir):
 
 
 @pytest.fixture(scope='session')
-def random_weights(tmp_path_factory):
-    """A random MILO state dict in a file: tests of the machinery that need no official weights."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('milo') / 'random_milo.pth'
-    torch.save(MILO(weights=None).state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope='session')
-def net(random_weights):
-    return MILO(weights=None, weights_path=random_weights)
+def net(random_milo_weights):
+    return MILO(weights=None, weights_path=random_milo_weights)
 
 
 def _pair(b=2, h=48, w=40, seed=0):
@@ -166,8 +157,8 @@ def test_channels_last_same_scores(net):
     assert torch.allclose(a, b, rtol=1e-4)
 
 
-def test_frozen_and_trainable(random_weights):
-    frozen = MILO(weights=None, weights_path=random_weights)
+def test_frozen_and_trainable(random_milo_weights):
+    frozen = MILO(weights=None, weights_path=random_milo_weights)
     assert frozen.frozen and not any(p.requires_grad for p in frozen.parameters())
     frozen.train()
     assert not frozen.training and not any(m.training for m in frozen.modules())
@@ -181,9 +172,9 @@ def test_frozen_and_trainable(random_weights):
     assert sum(p.numel() for p in trainable.parameters()) < 50_000
 
 
-def test_frozen_cache_shared(random_weights):
-    a = get_frozen_milo(None, random_weights, 3, 'cpu')
-    assert get_frozen_milo(None, random_weights, 3, 'cpu') is a
+def test_frozen_cache_shared(random_milo_weights):
+    a = get_frozen_milo(None, random_milo_weights, 3, 'cpu')
+    assert get_frozen_milo(None, random_milo_weights, 3, 'cpu') is a
     with pytest.raises(ValueError, match='weights'):
         get_frozen_milo(None, None)
 
@@ -197,8 +188,8 @@ def test_registered_arch():
 
 # ---------------------------------------------------------------------- input errors (scorer)
 @pytest.fixture
-def scorer(random_weights):
-    return build_milo_scorer('cpu', weights='milo-pseudomos', weights_path=random_weights)
+def scorer(random_milo_weights):
+    return build_milo_scorer('cpu', weights='milo-pseudomos', weights_path=random_milo_weights)
 
 
 def test_bad_inputs(scorer):
@@ -223,14 +214,14 @@ def test_grayscale_replicated(scorer):
     assert float(out['quality_score']) == 0.0
 
 
-def test_out_of_range(scorer, random_weights):
+def test_out_of_range(scorer, random_milo_weights):
     dist, ref = _pair(1, 32, 32)
     image_utils._range_warned.clear()  # the warning is given once per input name and process
     with pytest.warns(UserWarning, match='clamping'):
         out = scorer(dist * 1.5, ref)
     clamped = scorer((dist * 1.5).clamp(0, 1), ref)
     assert torch.allclose(out['raw_error'], clamped['raw_error'])
-    strict = build_milo_scorer('cpu', weights='milo-pseudomos', weights_path=random_weights, out_of_range='error')
+    strict = build_milo_scorer('cpu', weights='milo-pseudomos', weights_path=random_milo_weights, out_of_range='error')
     with pytest.raises(ValueError, match=r'\[0.0, 1.0\]'):
         strict(dist * 1.5, ref)
 
@@ -246,9 +237,9 @@ def test_scorer_frozen_no_grad(scorer):
     assert torch.isfinite(dist.grad).all() and dist.grad.abs().sum() > 0
 
 
-def test_unknown_scorer_option(random_weights):
+def test_unknown_scorer_option(random_milo_weights):
     with pytest.raises(TypeError, match='bogus'):
-        build_milo_scorer('cpu', weights_path=random_weights, bogus=1)
+        build_milo_scorer('cpu', weights_path=random_milo_weights, bogus=1)
 
 
 # ---------------------------------------------------------------------- BasicSR metric
@@ -285,13 +276,13 @@ def read_image_array(bgr):
     return bgr_uint8_to_tensor(bgr)
 
 
-def test_calculate_milo_errors(random_weights):
+def test_calculate_milo_errors(random_milo_weights):
     from iqa_plugin.metrics.milo_metric import calculate_milo
     img = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match='output'):
-        calculate_milo(img, img, output='mos', weights_path=random_weights, device='cpu')
+        calculate_milo(img, img, output='mos', weights_path=random_milo_weights, device='cpu')
     with pytest.raises(ValueError, match=r'\(32, 32, 3\).*\(32, 40, 3\)'):
-        calculate_milo(img, np.zeros((32, 40, 3), np.uint8), weights_path=random_weights, device='cpu')
+        calculate_milo(img, np.zeros((32, 40, 3), np.uint8), weights_path=random_milo_weights, device='cpu')
 
 
 # ---------------------------------------------------------------------- bench

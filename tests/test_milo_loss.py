@@ -15,14 +15,6 @@ from iqa_plugin.utils.image import read_image
 
 
 @pytest.fixture(scope='session')
-def random_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp('milo_loss') / 'random_milo.pth'
-    torch.save(MILO(weights=None).state_dict(), path)
-    return str(path)
-
-
-@pytest.fixture(scope='session')
 def random_latent_weights(tmp_path_factory):
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp('milo_loss') / 'random_milo_latent.pth'
@@ -30,9 +22,9 @@ def random_latent_weights(tmp_path_factory):
     return str(path)
 
 
-def _loss(random_weights, **kw):
+def _loss(random_milo_weights, **kw):
     # 'milo-pseudomos' is a packaged entry: an explicit file is not hash-checked
-    return MILOLoss(weights='milo-pseudomos', weights_path=random_weights, **kw)
+    return MILOLoss(weights='milo-pseudomos', weights_path=random_milo_weights, **kw)
 
 
 def _pair(b=2, c=3, h=32, w=32, seed=0, noise=0.1):
@@ -58,8 +50,8 @@ def test_fixture_value_and_gradients(shared_dir):
         assert torch.isfinite(d.grad).all() and d.grad.abs().sum() > 0
 
 
-def test_detached_gradient_formula(random_weights):
-    loss = _loss(random_weights, reduction='sum')
+def test_detached_gradient_formula(random_milo_weights):
+    loss = _loss(random_milo_weights, reduction='sum')
     dist, ref = _pair(1)
     d = dist.clone().requires_grad_(True)
     loss(d, ref).backward()
@@ -68,50 +60,50 @@ def test_detached_gradient_formula(random_weights):
     assert torch.allclose(d.grad, expected, rtol=1e-4, atol=1e-10)
 
 
-def test_full_gradient_differs(random_weights):
+def test_full_gradient_differs(random_milo_weights):
     dist, ref = _pair(1)
     grads = []
     for detach in (True, False):
         d = dist.clone().requires_grad_(True)
-        _loss(random_weights, detach_mask=detach)(d, ref).backward()
+        _loss(random_milo_weights, detach_mask=detach)(d, ref).backward()
         grads.append(d.grad)
     assert not torch.allclose(grads[0], grads[1])
 
 
-def test_reductions_and_weight(random_weights):
+def test_reductions_and_weight(random_milo_weights):
     dist, ref = _pair(3)
-    per = _loss(random_weights, reduction='none')(dist, ref)
+    per = _loss(random_milo_weights, reduction='none')(dist, ref)
     assert per.shape == (3,)
-    expected = _loss(random_weights).milo('cpu').raw_error(dist, ref)
+    expected = _loss(random_milo_weights).milo('cpu').raw_error(dist, ref)
     assert torch.allclose(per, expected, rtol=1e-5)
-    assert torch.allclose(_loss(random_weights, reduction='sum')(dist, ref), per.sum())
-    assert torch.allclose(_loss(random_weights, loss_weight=2.5)(dist, ref), 2.5 * per.mean())
+    assert torch.allclose(_loss(random_milo_weights, reduction='sum')(dist, ref), per.sum())
+    assert torch.allclose(_loss(random_milo_weights, loss_weight=2.5)(dist, ref), 2.5 * per.mean())
     with pytest.raises(ValueError, match='reduction'):
-        _loss(random_weights, reduction='max')
+        _loss(random_milo_weights, reduction='max')
 
 
-def test_frozen_cached_not_parameters(random_weights):
-    a, b = _loss(random_weights), _loss(random_weights, loss_weight=3.0)
+def test_frozen_cached_not_parameters(random_milo_weights):
+    a, b = _loss(random_milo_weights), _loss(random_milo_weights, loss_weight=3.0)
     assert list(a.parameters()) == [] and a.state_dict() == {}
     net = a.milo('cpu')
-    assert net is b.milo('cpu') is get_frozen_milo('milo-pseudomos', random_weights, 3, 'cpu')
+    assert net is b.milo('cpu') is get_frozen_milo('milo-pseudomos', random_milo_weights, 3, 'cpu')
     a.train()
     assert not net.training and not any(p.requires_grad for p in net.parameters())
     a.to('cpu')
     assert a(*_pair(1)).requires_grad is False
 
 
-def test_build_loss_from_yaml_block(random_weights):
+def test_build_loss_from_yaml_block(random_milo_weights):
     from basicsr.losses import build_loss
     loss = build_loss({'type': 'MILOLoss', 'loss_weight': 0.5, 'weights': 'milo-pseudomos',
-                       'weights_path': random_weights, 'curriculum': {'schedule': 'cosine', 'start': 0.0, 'end': 0.8}})
+                       'weights_path': random_milo_weights, 'curriculum': {'schedule': 'cosine', 'start': 0.0, 'end': 0.8}})
     assert isinstance(loss, MILOLoss) and loss.curriculum['end'] == 0.8
     with pytest.raises(TypeError):
-        build_loss({'type': 'MILOLoss', 'weights_path': random_weights, 'unknown_option': 1})
+        build_loss({'type': 'MILOLoss', 'weights_path': random_milo_weights, 'unknown_option': 1})
 
 
-def test_loss_input_errors(random_weights):
-    loss = _loss(random_weights)
+def test_loss_input_errors(random_milo_weights):
+    loss = _loss(random_milo_weights)
     with pytest.raises(ValueError, match=r'\(1, 3, 32, 32\).*\(1, 3, 32, 48\)'):
         loss(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 48))
     with pytest.raises(ValueError, match='NaN'):
@@ -120,23 +112,23 @@ def test_loss_input_errors(random_weights):
         loss(torch.rand(1, 3, 8, 32), torch.rand(1, 3, 8, 32))
     with pytest.raises(ValueError, match='channels'):
         loss(torch.rand(1, 5, 32, 32), torch.rand(1, 5, 32, 32))
-    strict = _loss(random_weights, out_of_range='error')
+    strict = _loss(random_milo_weights, out_of_range='error')
     with pytest.raises(ValueError, match='values must lie'):
         strict(torch.rand(1, 3, 32, 32) + 1, torch.rand(1, 3, 32, 32))
     dist, ref = _pair(1)
     image_utils._range_warned.clear()  # the warning is given once per input name and process
     with pytest.warns(UserWarning, match='clamping'):
-        over = _loss(random_weights)(dist * 2, ref)
-    assert torch.allclose(over, _loss(random_weights)((dist * 2).clamp(0, 1), ref))
+        over = _loss(random_milo_weights)(dist * 2, ref)
+    assert torch.allclose(over, _loss(random_milo_weights)((dist * 2).clamp(0, 1), ref))
 
 
-def test_odd_size_loss(random_weights):
+def test_odd_size_loss(random_milo_weights):
     dist, ref = _pair(1, 3, 97, 131)
     d = dist.clone().requires_grad_(True)
-    loss = _loss(random_weights, detach_mask=False)(d, ref)
+    loss = _loss(random_milo_weights, detach_mask=False)(d, ref)
     loss.backward()
     assert torch.isfinite(d.grad).all()
-    assert float(_loss(random_weights)(ref, ref)) == 0.0
+    assert float(_loss(random_milo_weights)(ref, ref)) == 0.0
 
 
 # ---------------------------------------------------------------------- curriculum
@@ -187,12 +179,12 @@ def test_weights_move_from_low_to_high_mask():
     assert torch.allclose(flat, torch.ones_like(flat))
 
 
-def test_loss_curriculum_wiring(random_weights):
+def test_loss_curriculum_wiring(random_milo_weights):
     dist, ref = _pair(2, seed=3)
-    loss = _loss(random_weights, reduction='none', curriculum={'schedule': 'linear'})
+    loss = _loss(random_milo_weights, reduction='none', curriculum={'schedule': 'linear'})
     net = loss.milo('cpu')
     mask = net.mask(dist, ref)
-    plain = _loss(random_weights, reduction='none')(dist, ref)
+    plain = _loss(random_milo_weights, reduction='none')(dist, ref)
     values = {}
     for p in (0.0, 0.5, 1.0):
         loss.set_progress(p)
@@ -203,7 +195,7 @@ def test_loss_curriculum_wiring(random_weights):
     assert torch.allclose(values[0.5], plain, rtol=1e-5)
     loss.set_progress(7)
     assert loss.progress == 1.0 and loss.curriculum_t() == 1.0
-    assert _loss(random_weights).curriculum_t() is None
+    assert _loss(random_milo_weights).curriculum_t() is None
 
 
 # ---------------------------------------------------------------------- MILOLatentLoss

@@ -13,13 +13,7 @@ from iqa_plugin import pseudomos as P
 SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # pyiqa's float64 metrics are much slower with several threads on a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')
