@@ -404,3 +404,42 @@ def test_loss_and_validator_share_one_network(tiny_file):
     calculate_afine(img, img, weights_path=str(tiny_file), clip_weights='none', device='cpu')
     shared = get_frozen_afine('cpu', weights_path=str(tiny_file), clip_weights='none')
     assert loss.afine('cpu') is shared and shared.ref_cache.budget == 256 * 2 ** 20
+
+
+def test_bench_roofline_counts(tiny):
+    """The bench's roofline: FLOPs per pair match the ViT's analytic count within 2 %, and the
+    GEMM workload's FLOPs are those of the four linear layers it runs."""
+    from iqa_plugin.bench.afine_bench import flops_per_pair, gemm_workload
+
+    x = torch.rand(2, 3, 32, 32)
+    n, c, layers = (32 // 16) ** 2 + 1, TINY_VIT['width'], TINY_VIT['layers']
+    vit = layers * (24 * n * c * c + 4 * n * n * c) + 2 * (n - 1) * 3 * 16 * 16 * c  # blocks + patch embedding
+    flops = flops_per_pair(tiny, x, x)
+    assert 0.98 * 2 * vit <= flops <= 1.02 * 2 * vit
+    run, gemm_flops = gemm_workload(10, 8)
+    run()
+    assert gemm_flops == 4 * 2 * 10 * 8 * (3 * 8 + 8 + 4 * 8 + 4 * 8)
+
+
+def test_autocast_runs_clip_in_bf16_heads_in_float32(tiny):
+    """amp_dtype autocasts the CLIP tower on the inputs' device (the code path CUDA takes, run here on CPU)."""
+    torch.manual_seed(1)
+    d, r = torch.rand(3, 3, 32, 32), torch.rand(3, 3, 32, 32)
+    seen = []
+    hook = tiny.clip.transformer.resblocks[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        ref_out = tiny(d, r)
+        n_fp32 = len(seen)
+        tiny.amp_dtype = torch.bfloat16
+        x = d.clone().requires_grad_(True)
+        amp_out = tiny(x, r)
+        amp_out['afine_all_scale'].sum().backward()
+    finally:
+        tiny.amp_dtype = None
+        hook.remove()
+    assert set(seen[:n_fp32]) == {torch.float32} and set(seen[n_fp32:]) == {torch.bfloat16}
+    for k in ('afine_all_scale', 'afine_fr', 'afine_nr'):
+        assert amp_out[k].dtype == torch.float32
+        spread = float(ref_out[k].detach().max() - ref_out[k].detach().min()) + 1e-6
+        assert float((amp_out[k].detach() - ref_out[k].detach()).abs().max()) < 0.1 * spread + 0.05, k
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -31,8 +31,10 @@ values for inputs it accepts:
   (``ref_cache_mib``) reference encodings are kept across calls, so re-scoring a validation set
   re-encodes only the test images;
 * only the terms a ``model_type`` needs are computed (``afine_nr`` runs CLIP once);
-* optional autocast of the CLIP tower on CUDA (``amp_dtype='bf16'`` or ``'fp16'``); the heads
-  always run in float32 (``exp(k (N(x) - N(y)))`` overflows fp16). CPU runs float32.
+* optional autocast of the CLIP tower (``amp_dtype='bf16'`` or ``'fp16'``) on the inputs' device, CUDA
+  or CPU (the same code path; tested on CPU with bf16); the heads always run in float32
+  (``exp(k (N(x) - N(y)))`` overflows fp16). Default float32. On CPUs without native bf16 (AVX2 only)
+  autocast is slower than float32: it is meant for GPUs.
 """
 import hashlib
 from collections import OrderedDict, namedtuple
@@ -262,7 +264,7 @@ class AFINE(nn.Module):
         hidden_dim (int): naturalness projection width (128 in the published model; taken from the
             A-FINE file when one is loaded).
         size_mode (str): ``'resize'`` or ``'reflect'`` for sizes that are not multiples of the patch.
-        amp_dtype (str | None): ``'bf16'``/``'fp16'`` autocast of the CLIP tower on CUDA.
+        amp_dtype (str | None): ``'bf16'``/``'fp16'`` autocast of the CLIP tower (on the inputs' device).
         out_of_range (str): ``prepare_image`` policy for values outside [0, 1] (``'clamp'``).
         ref_cache_mib (float): keep the CLIP encodings of up to this many MiB of reference images
             (least recently used dropped), keyed by a hash of the image: a validation set scored
@@ -384,8 +386,8 @@ class AFINE(nn.Module):
         """(B, 3, H, W) in [0, 1] (already validated) -> ``Encoded`` (size-adjusted pixels, ReLU'd tokens)."""
         x = self.fit_size(x)
         z = (x - self.clip_mean) / self.clip_std
-        use_amp = self.amp_dtype is not None and z.is_cuda
-        with torch.autocast('cuda', dtype=self.amp_dtype or torch.float16, enabled=use_amp):
+        use_amp = self.amp_dtype is not None
+        with torch.autocast(z.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=use_amp):
             feats = self.clip(z)
         return Encoded(x, [F.relu(f.float()) for f in feats])
 

@@ -9,6 +9,7 @@ CLIP ViT-B/32 state dict) are written to a temporary folder with pyiqa's own cla
 * images/s of pyiqa's ``AFINE`` called once per image (it takes batch 1 only and normalises its
   inputs in place, so each call gets fresh copies) and of ours on the whole batch, both without
   gradients; every case below runs once per repeat, interleaved, and the best repeat is reported;
+  interleaved too: the float32 matrix products of the ViT's layer shapes alone (the roofline below);
 * the same with one reference shared by the whole batch (ours encodes it once);
 * ours re-scoring references it has seen before (``ref_cache_mib``, as in repeated validation),
   against pyiqa on the same distinct pairs (it always re-encodes the reference);
@@ -16,6 +17,10 @@ CLIP ViT-B/32 state dict) are written to a temporary folder with pyiqa's own cla
 * our forward+backward (gradient to the test images): time, the peak resident memory it adds (RSS
   sampled every 2 ms above the level before the call, glibc set to map large blocks afresh), the
   bytes autograd saves for the backward pass, and the process's peak RSS.
+
+* a roofline: FLOPs per pair (torch's FLOP counter), the GFLOP/s each implementation reaches and the
+  float32 GEMM throughput of this machine on the ViT's own layer shapes, hence the highest ratio that
+  any float32 implementation of the same arithmetic could show against pyiqa here (``ceiling_ratio``).
 
 The returned dict's ``ratio`` is ours / pyiqa in images per second on distinct pairs with a cold
 cache (no reuse of any kind); ``ratio_shared_ref`` and ``ratio_cached_refs`` are the other two cases.
@@ -235,6 +240,36 @@ def saved_tensor_bytes(make_graph, module=None):
     return sum(seen.values())
 
 
+def flops_per_pair(model, dist, ref):
+    """Floating-point operations of one (test, reference) scoring by ``model`` (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(dist[:1], ref[:1])
+    return counter.get_total_flops()
+
+
+def gemm_workload(tokens, width):
+    """(run, flops): the ViT's four float32 linear layers (qkv, attention output, MLP up, MLP down) with
+    ``tokens`` rows, as a callable and its FLOPs.
+
+    Its GFLOP/s is this machine's matrix-product throughput on A-FINE's own shapes: the ViT's matrix
+    products are almost all of A-FINE's operations, so images/s * FLOPs per image can not exceed it.
+    """
+    x = torch.randn(tokens, width)
+    h = torch.randn(tokens, 4 * width)
+    layers = [(x, torch.randn(3 * width, width)), (x, torch.randn(width, width)),
+              (x, torch.randn(4 * width, width)), (h, torch.randn(width, 4 * width))]
+    flops = sum(2 * a.shape[0] * w.shape[0] * w.shape[1] for a, w in layers)
+
+    def run():
+        for _ in range(4):
+            for a, w in layers:
+                F.linear(a, w)
+
+    return run, 4 * flops
+
+
 def _best_time(fn, repeats):
     times = []
     for _ in range(repeats):
@@ -303,14 +338,17 @@ def main(argv=None):
         finally:
             ours.ref_cache = cold
 
+    clip = ours.clip
+    gemm, gemm_flops = gemm_workload(2 * b * ((args.size // clip.patch_size) ** 2 + 1), clip.width)
+    gemm()
     runs = {'pyiqa': lambda: pyiqa_scores(theirs, dist, ref), 'ours': run_ours,
             'pyiqa_shared': lambda: pyiqa_scores(theirs, dist, shared), 'ours_shared': lambda: run_ours(shared),
-            'ours_cached': run_cached}
+            'ours_cached': run_cached, 'gemm': gemm}
     times = {k: [] for k in runs}
     for _ in range(args.repeats):  # every case once per repeat, interleaved, so load changes hit all alike
         for k, fn in runs.items():
             times[k].append(_best_time(fn, 1))
-    t_theirs, t_ours, t_theirs_sh, t_ours_sh, t_ours_cached = (times[k] for k in runs)
+    t_theirs, t_ours, t_theirs_sh, t_ours_sh, t_ours_cached, t_gemm = (times[k] for k in runs)
     ips = {k: b / min(v) for k, v in (('pyiqa', t_theirs), ('ours', t_ours), ('pyiqa_shared', t_theirs_sh),
                                        ('ours_shared', t_ours_sh), ('ours_cached', t_ours_cached))}
     ratio = ips['ours'] / ips['pyiqa']
@@ -322,6 +360,15 @@ def main(argv=None):
           f'ratio {ratio_shared:.2f}x')
     print(f"references seen before (validation rounds, ref_cache_mib): ours {ips['ours_cached']:7.2f} images/s   "
           f'ratio {ratio_cached:.2f}x against pyiqa on distinct pairs')
+
+    # roofline: how close each implementation is to this machine's matrix-product throughput
+    flops = flops_per_pair(ours, dist, ref)
+    peak = gemm_flops / min(t_gemm) / 1e9
+    gflops = {k: ips[k] * flops / 1e9 for k in ('pyiqa', 'ours')}
+    ceiling = peak / gflops['pyiqa']
+    print(f"roofline: {flops / 1e9:.2f} GFLOP per pair; pyiqa {gflops['pyiqa']:.1f} GFLOP/s, ours "
+          f"{gflops['ours']:.1f} GFLOP/s, float32 GEMM peak of this machine on the ViT's layers {peak:.1f} GFLOP/s "
+          f'-> highest ratio any float32 implementation of the same arithmetic can reach here: {ceiling:.2f}x')
 
     # forward + backward to the test images
     def fwd_bwd():
@@ -348,6 +395,9 @@ def main(argv=None):
         'pyiqa_shared_ref_images_per_s': round(ips['pyiqa_shared'], 3),
         'ours_shared_ref_images_per_s': round(ips['ours_shared'], 3), 'ratio_shared_ref': round(ratio_shared, 3),
         'ours_cached_refs_images_per_s': round(ips['ours_cached'], 3), 'ratio_cached_refs': round(ratio_cached, 3),
+        'gflop_per_pair': round(flops / 1e9, 3), 'pyiqa_gflops': round(gflops['pyiqa'], 1),
+        'ours_gflops': round(gflops['ours'], 1), 'gemm_peak_gflops': round(peak, 1),
+        'ceiling_ratio': round(ceiling, 2),
         'max_abs_diff': max_diff, 'fwd_bwd_images_per_s': round(b / t_fb, 3),
         'fwd_bwd_added_peak_rss_mib': round(mem.added / 2**20, 1), 'fwd_saved_for_backward_mib': round(saved / 2**20, 1), 'process_peak_rss_mib': round(peak_process, 1),
         'grad_finite': grad_ok,

@@ -40,7 +40,7 @@ class AFINELoss(nn.Module):
         clip_weights (str): weights entry for CLIP ('clip-vit-b-32', or 'none' to take the ViT from
             ``finetuned_clip`` alone).
         size_mode (str): 'resize' or 'reflect' for sizes that are not multiples of 32.
-        amp_dtype (str | None): 'bf16'/'fp16' autocast of CLIP on CUDA.
+        amp_dtype (str | None): 'bf16'/'fp16' autocast of CLIP (meant for CUDA; works on CPU).
         out_of_range (str): 'clamp' (warn once, clamp), 'error' or 'ignore'.
 
     ``forward(pred, target)``: (B, 3, H, W) RGB in [0, 1] (target may have batch 1) -> scalar
