@@ -223,3 +223,65 @@ def test_cli_save_maps_and_compare(tmp_path, capsys):
                      '--compare', str(tmp_path / 'strong.png'), str(tmp_path / 'mild.png')]) == 0
     text = capsys.readouterr().out
     assert 'mild.png is better than strong.png' in text and 'P(A better) = 0.' in text
+
+
+# ------------------------------------------------------------------------------ training objectives
+def test_map_error_kinds():
+    from iqa_plugin.models.relational_model import map_error
+
+    pred, target = torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, 2)
+    target[0, 0, 0, 0] = 0.8  # one sparse non-zero pixel out of 8
+    assert map_error(pred, target, 'l1') == pytest.approx(0.1)
+    assert map_error(pred, target, 'mse') == pytest.approx(4 * 0.64 / 8)
+    assert map_error(pred, target, 'l1+mse') == pytest.approx(0.1 + 4 * 0.64 / 8)
+    # the L1 gradient on the zero pixels is as large as on the non-zero one; squared error pushes
+    # the non-zero pixel towards its target in proportion to its error (what keeps rare axes learning)
+    p = pred.clone().requires_grad_(True)
+    map_error(p, target, 'mse').backward()
+    assert float(p.grad[0, 0, 0, 0]) < 0 and float(p.grad.abs().sum()) == pytest.approx(float(p.grad[0, 0, 0, 0].abs()))
+
+
+def _rel_model(tmp_path, stage, **train):
+    from iqa_plugin.models.relational_model import RelationalModel
+
+    opt = {'name': f'rel_s{stage}', 'model_type': 'RelationalModel', 'num_gpu': 0, 'is_train': True, 'dist': False,
+           'rank': 0, 'world_size': 1,
+           'network_rel': {'type': 'RelationalIQANet', 'num_feat': 8, 'num_head': 8, 'num_hidden': 4},
+           'path': {'models': str(tmp_path / 'models'), 'training_states': str(tmp_path / 'states')},
+           'train': {'stage': stage, 'optim': {'type': 'AdamW', 'lr': 1e-2}, 'total_iter': 10, **train},
+           'val': {}}
+    return RelationalModel(opt)
+
+
+def test_dataset_sets_and_teacher_order(tmp_path):
+    from iqa_plugin.data.relational_dataset import RelationalTripletDataset
+    from iqa_plugin.pseudomos import PseudoMOS
+
+    make_sr_folder(tmp_path, n=2, size=48)
+    ds = RelationalTripletDataset({'dataroot': str(tmp_path / 'HR'), 'mode': 'sets', 'n_tiers': 4, 'patch_size': 32,
+                                   'length': 3, 'seed': 0})
+    item = ds[2]
+    assert item['dist'].shape == (4, 3, 32, 32) and item['tier'].tolist() == [-1] * 4
+    assert torch.equal(item['dist'], ds[2]['dist'])
+    assert len({tuple(m.abs().mean(dim=(1, 2)).tolist()) for m in item['maps']}) == 4  # independent chains
+
+    batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ('ref', 'dist', 'maps', 'tier')}
+    model = _rel_model(tmp_path, 2, teacher={'type': 'pseudomos'})
+    model.feed_data(batch)
+    quality = model.quality_order()  # higher = better, -pseudo-MOS z-scored within each set
+    pm, _ = PseudoMOS()(batch['dist'].flatten(0, 1), batch['ref'].repeat_interleave(4, 0),
+                        groups=torch.arange(2).repeat_interleave(4))
+    assert torch.allclose(quality, -pm.view(2, 4), atol=1e-5)
+    before = model.net.score.fc1.raw.detach().clone()
+    model.optimize_parameters(1)
+    assert {'l_listmle', 'train_tau'} <= set(model.log_dict)
+    assert not torch.equal(before, model.net.score.fc1.raw)  # stage 2 trains the score net
+    # without a teacher, 'sets' data has no order to learn
+    plain = _rel_model(tmp_path, 2)
+    plain.feed_data(batch)
+    with pytest.raises(ValueError, match='needs train.teacher'):
+        plain.optimize_parameters(1)
+    with pytest.raises(ValueError, match='teacher.type'):
+        _rel_model(tmp_path, 2, teacher={'type': 'milo'})
+    with pytest.raises(ValueError, match='map_loss'):
+        _rel_model(tmp_path, 1, map_loss='huber')

@@ -11,7 +11,10 @@ Modes (``mode`` option):
   P(dist0, ref), ``maps[1]`` for P(dist1, ref) and ``maps[0] - maps[1]`` for P(dist0, dist1));
 * ``'tiers'`` (stage 2, ranking): ``n_tiers`` versions of the same content made by one chain of
   mixed operations at strictly increasing severity (``DistortionEngine.make_tiers``);
-  ``tier[t] = t``, 0 = mildest (best).
+  ``tier[t] = t``, 0 = mildest (best);
+* ``'sets'`` (stage 2 with a teacher, cross-type ranking): ``n_tiers`` versions of the same content
+  made by independent random chains (different types and severities), ``tier = -1``: their order is
+  not known from construction, ``RelationalModel`` takes it from a teacher (``train.teacher``).
 """
 import cv2
 import numpy as np
@@ -22,7 +25,7 @@ from torch.utils import data
 from iqa_plugin.distortions import AXES, DistortionEngine
 from iqa_plugin.utils.image import list_images, read_image
 
-MODES = ('pairs', 'tiers')
+MODES = ('pairs', 'tiers', 'sets')
 
 
 def _quantise8(x):
@@ -46,9 +49,9 @@ class RelationalTripletDataset(data.Dataset):
 
     Options (``opt``, BasicSR's dataset block):
         dataroot (str | list[str]): folder(s) of reference images, any content.
-        mode (str): 'pairs' (default) or 'tiers'.
+        mode (str): 'pairs' (default), 'tiers' or 'sets'.
         patch_size (int): P >= 16, default 64 (smaller images are upscaled to fit).
-        n_tiers (int): tiers per item in 'tiers' mode, default 5.
+        n_tiers (int): images per item in 'tiers' and 'sets' modes, default 5.
         length (int): items per epoch, default 32 x number of images.
         seed (int): default 0.
         use_flip (bool): random horizontal flip of the crop, default True.
@@ -117,6 +120,9 @@ class RelationalTripletDataset(data.Dataset):
         if self.mode == 'pairs':
             results = [self.engine.sample(ref, rng=rng) for _ in range(2)]
             tier = torch.full((2,), -1, dtype=torch.long)
+        elif self.mode == 'sets':
+            results = [self.engine.sample(ref, rng=rng) for _ in range(self.n_tiers)]
+            tier = torch.full((self.n_tiers,), -1, dtype=torch.long)
         else:
             results = self.engine.make_tiers(ref, self.n_tiers, rng=rng)
             tier = torch.arange(self.n_tiers)

@@ -14,6 +14,10 @@ Two stages, selected by ``train.stage`` (see ``iqa_plugin.archs.relational_arch`
    severity, scores ``s_t = s(d_t | r)`` are trained with ListMLE (Plackett-Luce likelihood of the
    true order, best first): ``L2 = -sum_t [s_t - logsumexp(s_t, ..., s_{T-1})]`` (mean over items).
    The distortion network is frozen unless ``train.finetune_distortion: true``.
+   With ``train.teacher`` (``{type: pseudomos, members: ...}``) the order comes from the label-free
+   pseudo-MOS ensemble (``iqa_plugin.pseudomos``) instead of the tier index; this is what
+   ``mode: sets`` data (independent chains of different types, no constructed order) needs, and what
+   teaches the score network how distortion *types* weigh against each other.
 
 Options (besides BasicSR's ``datasets``, ``path``, ``logger``)::
 
@@ -25,7 +29,9 @@ Options (besides BasicSR's ``datasets``, ``path``, ``logger``)::
       scheduler: {type: CosineAnnealingRestartLR, periods: [600], restart_weights: [1], eta_min: !!float 1e-5}
       total_iter: 600
       pair_weight: 1.0         # stage 1
+      map_loss: l1             # stage 1: l1 | mse | l1+mse (see map_error)
       finetune_distortion: false  # stage 2
+      teacher: ~               # stage 2: {type: pseudomos, members: [nlpd, gmsd, fsim]} orders 'sets' data
       num_threads: 1           # torch CPU threads (1 is fastest on a shared machine); ~ = leave as is
     val:
       val_freq: 100
@@ -50,6 +56,24 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from iqa_plugin.utils.val_log import record_validation
 
 STAGES = (1, 2)
+MAP_LOSSES = ('l1', 'mse', 'l1+mse')
+
+
+def map_error(pred, target, kind='l1'):
+    """Scalar map regression error: 'l1' (mean |e|), 'mse' (mean e^2, scaled by 4 so a 0.25 error
+    weighs as in L1) or 'l1+mse' (their sum).
+
+    Why not only L1: most pixels of most axes are 0 (an operation touches one or two of the 8 axes),
+    so the L1 optimum, the conditional median, stays at 0 for an axis the network is not yet sure
+    about; the squared error's optimum is the conditional mean, which keeps gradients on rare axes.
+    """
+    e = pred - target
+    if kind == 'l1':
+        return e.abs().mean()
+    mse = 4.0 * (e * e).mean()
+    return mse if kind == 'mse' else mse + e.abs().mean()
+
+
 _VAL_TYPES = {'relational_map_l1': 'lower', 'relational_kendall': 'higher'}  # iqa_plugin.metrics.relational_metric
 
 
@@ -120,6 +144,10 @@ class RelationalModel(BaseModel):
         train_opt = self.opt['train']
         self.net_rel.train()
         self.pair_weight = float(train_opt.get('pair_weight', 1.0))
+        self.teacher = self._build_teacher(train_opt.get('teacher')) if self.stage == 2 else None
+        self.map_loss = train_opt.get('map_loss', 'l1')
+        if self.map_loss not in MAP_LOSSES:
+            raise ValueError(f"train.map_loss must be one of {', '.join(MAP_LOSSES)}, got {self.map_loss!r}")
         finetune = bool(train_opt.get('finetune_distortion', False))
         for p in self.net.distortion.parameters():
             p.requires_grad_(self.stage == 1 or finetune)
@@ -134,6 +162,18 @@ class RelationalModel(BaseModel):
         self.optimizers.append(self.optimizer)
         if train_opt.get('scheduler'):
             self.setup_schedulers()
+
+    def _build_teacher(self, opt):
+        """The stage-2 ranking teacher from ``train.teacher`` (None: order by tier index)."""
+        if not opt:
+            return None
+        opt = dict(opt)
+        kind = opt.pop('type', 'pseudomos')
+        if kind != 'pseudomos':
+            raise ValueError(f"train.teacher.type must be 'pseudomos', got {kind!r}")
+        from iqa_plugin.pseudomos import PseudoMOS
+
+        return PseudoMOS(device=self.device, **opt)
 
     # ------------------------------------------------------------------ data
     def feed_data(self, data):
@@ -153,10 +193,11 @@ class RelationalModel(BaseModel):
         f0, f1 = dnet.features(self.dist[:, 0]), dnet.features(self.dist[:, 1])
         m0, m1 = self.maps[:, 0], self.maps[:, 1]
         out = OrderedDict()
-        out['l_ref'] = 0.5 * ((dnet.forward_features(f0, fr, size) - m0).abs().mean()
-                              + (dnet.forward_features(f1, fr, size) - m1).abs().mean())
+        kind = self.map_loss
+        out['l_ref'] = 0.5 * (map_error(dnet.forward_features(f0, fr, size), m0, kind)
+                              + map_error(dnet.forward_features(f1, fr, size), m1, kind))
         if self.pair_weight > 0:
-            out['l_pair'] = self.pair_weight * (dnet.forward_features(f0, f1, size) - (m0 - m1)).abs().mean()
+            out['l_pair'] = self.pair_weight * map_error(dnet.forward_features(f0, f1, size), m0 - m1, kind)
         return out
 
     def tier_scores(self):
@@ -165,19 +206,35 @@ class RelationalModel(BaseModel):
         ref = self.ref[:, None].expand(-1, t, -1, -1, -1).reshape(b * t, *self.ref.shape[1:])
         return self.net.relational_score(self.dist.reshape(b * t, *self.dist.shape[2:]), ref).view(b, t)
 
+    @torch.no_grad()
+    def quality_order(self):
+        """(B, T) target quality of the fed set, higher = better: ``-tier`` or, with a teacher, ``-pseudo-MOS``
+        (z-scored within each set)."""
+        b, t = self.dist.shape[:2]
+        if self.teacher is not None:
+            ref = self.ref[:, None].expand(-1, t, -1, -1, -1).reshape(b * t, *self.ref.shape[1:])
+            groups = torch.arange(b).repeat_interleave(t)
+            pmos, _ = self.teacher(self.dist.reshape(b * t, *self.dist.shape[2:]), ref, groups=groups)
+            return -pmos.view(b, t).to(self.dist.device)
+        if self.tier is None or bool((self.tier < 0).any()):
+            raise ValueError("stage 2 on data without tiers (mode: sets) needs train.teacher, e.g. {type: pseudomos}")
+        return -self.tier.to(self.dist.device).float()
+
     def optimize_parameters(self, current_iter):
         self.optimizer.zero_grad(set_to_none=True)
         if self.stage == 1:
             loss_dict = self.stage1_losses()
         else:
+            quality = self.quality_order()
+            order = torch.argsort(quality, dim=1, descending=True, stable=True)  # best first
             scores = self.tier_scores()
-            loss_dict = OrderedDict(l_listmle=listmle_loss(scores).mean())
+            loss_dict = OrderedDict(l_listmle=listmle_loss(scores.gather(1, order)).mean())
         l_total = sum(loss_dict.values())
         l_total.backward()
         self.optimizer.step()
         log = OrderedDict((k, v.detach()) for k, v in loss_dict.items())
         if self.stage == 2:
-            log['train_tau'] = kendall_tau(scores.detach(), -torch.arange(scores.shape[1]).expand_as(scores)).mean()
+            log['train_tau'] = kendall_tau(scores.detach(), quality).mean()
         self.log_dict = self.reduce_loss_dict(log)
 
     # ------------------------------------------------------------------ validation
