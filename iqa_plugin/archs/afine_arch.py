@@ -270,6 +270,9 @@ class AFINE(nn.Module):
             (least recently used dropped), keyed by a hash of the image: a validation set scored
             again re-encodes only its test images. 0 (default) disables it; never used while
             gradients are recorded.
+        fast_cpu_linear (bool): on the CPU, run the frozen ViT's float32 linear layers through oneDNN
+            with pre-packed weights (default True; ``iqa_plugin.utils.onednn_linear``): the same scores
+            to float32 rounding, faster, one extra copy of the ViT weights (about 340 MB) in memory.
 
     ``forward(dist, ref=None)`` takes (B, 3, H, W) RGB tensors in [0, 1] (ref may have batch 1) and
     returns an ordered dict of (B,) tensors, the ``model_type`` term first.
@@ -277,7 +280,7 @@ class AFINE(nn.Module):
 
     def __init__(self, model_type='afine_all_scale', weights='afine', weights_path=None, clip_weights='clip-vit-b-32',
                  clip_weights_path=None, vit=None, hidden_dim=128, size_mode='resize', amp_dtype=None,
-                 out_of_range='clamp', ref_cache_mib=0):
+                 out_of_range='clamp', ref_cache_mib=0, fast_cpu_linear=True):
         super().__init__()
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got '{model_type}'")
@@ -311,7 +314,7 @@ class AFINE(nn.Module):
             config = vit_config_from_state_dict(afine_sd['finetuned_clip'])
         else:
             config = dict(vit or {})
-        self.clip = CLIPVisionTower(**config)
+        self.clip = CLIPVisionTower(**config, fast_cpu_linear=fast_cpu_linear)
         width, layers = self.clip.width, self.clip.layers
         if afine_sd is not None and 'proj_feat.weight' in afine_sd['natural']:
             hidden_dim = afine_sd['natural']['proj_feat.weight'].shape[0]  # the file decides (128 when published)

@@ -241,31 +241,47 @@ def saved_tensor_bytes(make_graph, module=None):
 
 
 def flops_per_pair(model, dist, ref):
-    """Floating-point operations of one (test, reference) scoring by ``model`` (torch's FLOP counter)."""
+    """Floating-point operations of one (test, reference) scoring by ``model`` (torch's FLOP counter).
+
+    Counted with PyTorch's own linear layers (the counter does not know oneDNN's packed-linear operator,
+    which does the same products).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(dist[:1], ref[:1])
+    packed = getattr(getattr(model, 'clip', None), 'packed_linear', None)
+    enabled = packed.enabled if packed is not None else False
+    if packed is not None:
+        packed.enabled = False
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(dist[:1], ref[:1])
+    finally:
+        if packed is not None:
+            packed.enabled = enabled
     return counter.get_total_flops()
 
 
-def gemm_workload(tokens, width):
+def gemm_workload(tokens, width, packed=None):
     """(run, flops): the ViT's four float32 linear layers (qkv, attention output, MLP up, MLP down) with
-    ``tokens`` rows, as a callable and its FLOPs.
+    ``tokens`` rows, as a callable and its FLOPs; ``packed`` (a ``PackedLinear``) runs them through
+    oneDNN with packed weights instead of ``F.linear``.
 
     Its GFLOP/s is this machine's matrix-product throughput on A-FINE's own shapes: the ViT's matrix
-    products are almost all of A-FINE's operations, so images/s * FLOPs per image can not exceed it.
+    products are almost all of A-FINE's operations, so images/s * FLOPs per image can not exceed the
+    best of the two.
     """
     x = torch.randn(tokens, width)
     h = torch.randn(tokens, 4 * width)
     layers = [(x, torch.randn(3 * width, width)), (x, torch.randn(width, width)),
               (x, torch.randn(4 * width, width)), (h, torch.randn(width, 4 * width))]
     flops = sum(2 * a.shape[0] * w.shape[0] * w.shape[1] for a, w in layers)
+    linear = packed.linear if packed is not None else F.linear
 
     def run():
-        for _ in range(4):
-            for a, w in layers:
-                F.linear(a, w)
+        with torch.no_grad():
+            for _ in range(4):
+                for a, w in layers:
+                    linear(a, w)
 
     return run, 4 * flops
 
@@ -294,6 +310,7 @@ def main(argv=None):
     import iqa_plugin  # noqa: F401
     from iqa_plugin.archs.afine_arch import AFINE, RefCache
     from iqa_plugin.scoring import freeze
+    from iqa_plugin.utils.onednn_linear import PackedLinear
 
     with tempfile.TemporaryDirectory(prefix='afine_bench_') as tmp:
         folder = Path(args.keep) if args.keep else Path(tmp)
@@ -339,23 +356,41 @@ def main(argv=None):
             ours.ref_cache = cold
 
     clip = ours.clip
-    gemm, gemm_flops = gemm_workload(2 * b * ((args.size // clip.patch_size) ** 2 + 1), clip.width)
-    gemm()
+    packed = clip.packed_linear
+
+    def run_ours_default_linear():  # ours with PyTorch's own F.linear (fast_cpu_linear=False)
+        enabled, packed.enabled = packed.enabled, False
+        try:
+            return run_ours()
+        finally:
+            packed.enabled = enabled
+
+    s_default = run_ours_default_linear()
+    max_diff = max(max_diff, float((s_theirs - s_default).abs().max()))
+    tokens = 2 * b * ((args.size // clip.patch_size) ** 2 + 1)
+    gemm, gemm_flops = gemm_workload(tokens, clip.width)
+    gemm_packed, _ = gemm_workload(tokens, clip.width, PackedLinear())
+    gemm(), gemm_packed()
     runs = {'pyiqa': lambda: pyiqa_scores(theirs, dist, ref), 'ours': run_ours,
             'pyiqa_shared': lambda: pyiqa_scores(theirs, dist, shared), 'ours_shared': lambda: run_ours(shared),
-            'ours_cached': run_cached, 'gemm': gemm}
+            'ours_cached': run_cached, 'ours_default_linear': run_ours_default_linear, 'gemm': gemm,
+            'gemm_packed': gemm_packed}
     times = {k: [] for k in runs}
     for _ in range(args.repeats):  # every case once per repeat, interleaved, so load changes hit all alike
         for k, fn in runs.items():
             times[k].append(_best_time(fn, 1))
-    t_theirs, t_ours, t_theirs_sh, t_ours_sh, t_ours_cached, t_gemm = (times[k] for k in runs)
+    t_theirs, t_ours, t_theirs_sh, t_ours_sh, t_ours_cached, t_ours_default, t_gemm, t_gemm_packed = (
+        times[k] for k in runs)
     ips = {k: b / min(v) for k, v in (('pyiqa', t_theirs), ('ours', t_ours), ('pyiqa_shared', t_theirs_sh),
-                                       ('ours_shared', t_ours_sh), ('ours_cached', t_ours_cached))}
+                                       ('ours_shared', t_ours_sh), ('ours_cached', t_ours_cached),
+                                       ('ours_default_linear', t_ours_default))}
     ratio = ips['ours'] / ips['pyiqa']
     ratio_shared = ips['ours_shared'] / ips['pyiqa_shared']
     ratio_cached = ips['ours_cached'] / ips['pyiqa']
     print(f"distinct pairs       : pyiqa per-image loop {ips['pyiqa']:7.2f} images/s, ours batched "
           f"{ips['ours']:7.2f} images/s   ratio {ratio:.2f}x")
+    print(f"ours with PyTorch's default linear (fast_cpu_linear=False): {ips['ours_default_linear']:7.2f} images/s   "
+          f"ratio {ips['ours_default_linear'] / ips['pyiqa']:.2f}x")
     print(f"one shared reference : pyiqa {ips['pyiqa_shared']:7.2f}, ours {ips['ours_shared']:7.2f} images/s   "
           f'ratio {ratio_shared:.2f}x')
     print(f"references seen before (validation rounds, ref_cache_mib): ours {ips['ours_cached']:7.2f} images/s   "
@@ -363,11 +398,14 @@ def main(argv=None):
 
     # roofline: how close each implementation is to this machine's matrix-product throughput
     flops = flops_per_pair(ours, dist, ref)
-    peak = gemm_flops / min(t_gemm) / 1e9
+    peak_default = gemm_flops / min(t_gemm) / 1e9
+    peak_packed = gemm_flops / min(t_gemm_packed) / 1e9
+    peak = max(peak_default, peak_packed)
     gflops = {k: ips[k] * flops / 1e9 for k in ('pyiqa', 'ours')}
     ceiling = peak / gflops['pyiqa']
     print(f"roofline: {flops / 1e9:.2f} GFLOP per pair; pyiqa {gflops['pyiqa']:.1f} GFLOP/s, ours "
-          f"{gflops['ours']:.1f} GFLOP/s, float32 GEMM peak of this machine on the ViT's layers {peak:.1f} GFLOP/s "
+          f"{gflops['ours']:.1f} GFLOP/s; float32 GEMM throughput of this machine on the ViT's layers: "
+          f"F.linear {peak_default:.1f}, oneDNN packed {peak_packed:.1f} GFLOP/s "
           f'-> highest ratio any float32 implementation of the same arithmetic can reach here: {ceiling:.2f}x')
 
     # forward + backward to the test images
@@ -397,6 +435,9 @@ def main(argv=None):
         'ours_cached_refs_images_per_s': round(ips['ours_cached'], 3), 'ratio_cached_refs': round(ratio_cached, 3),
         'gflop_per_pair': round(flops / 1e9, 3), 'pyiqa_gflops': round(gflops['pyiqa'], 1),
         'ours_gflops': round(gflops['ours'], 1), 'gemm_peak_gflops': round(peak, 1),
+        'gemm_default_linear_gflops': round(peak_default, 1), 'gemm_onednn_packed_gflops': round(peak_packed, 1),
+        'ours_default_linear_images_per_s': round(ips['ours_default_linear'], 3),
+        'ratio_default_linear': round(ips['ours_default_linear'] / ips['pyiqa'], 3),
         'ceiling_ratio': round(ceiling, 2),
         'max_abs_diff': max_diff, 'fwd_bwd_images_per_s': round(b / t_fb, 3),
         'fwd_bwd_added_peak_rss_mib': round(mem.added / 2**20, 1), 'fwd_saved_for_backward_mib': round(saved / 2**20, 1), 'process_peak_rss_mib': round(peak_process, 1),
