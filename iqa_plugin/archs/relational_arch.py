@@ -45,14 +45,39 @@ def count_parameters(module):
 
 
 _LUMA = (0.299, 0.587, 0.114)
-NUM_STATS = 6
+NUM_STATS = 7
+BLOCK = 8  # JPEG's DCT block (WebP's 4x4 / 16x16 macroblocks share its boundaries)
+
+
+def block_boundary_ratio(y):
+    """Log ratio of the squared luma steps across 8-pixel block boundaries to those inside blocks.
+
+    y: (B, 1, H, W) -> (B, 1, H, W). Every 8x8 window (stride 1) holds exactly one boundary column and
+    row of the grid anchored at pixel (0, 0), where codecs place their blocks, so the ratio is defined
+    everywhere; about 0 for natural content, positive where blocks show.
+    """
+    h, w = y.shape[-2:]
+    dx = F.pad((y[..., :, 1:] - y[..., :, :-1]) ** 2, (0, 1, 0, 0))
+    dy = F.pad((y[..., 1:, :] - y[..., :-1, :]) ** 2, (0, 0, 0, 1))
+    col = (torch.arange(w, device=y.device) % BLOCK == BLOCK - 1).to(y.dtype)
+    row = (torch.arange(h, device=y.device) % BLOCK == BLOCK - 1).to(y.dtype)
+    col[-1] = 0  # the padded last step is not a boundary
+    row[-1] = 0
+    edge = dx * col + dy * row[:, None]
+    inner = dx * (1 - col) + dy * (1 - row[:, None])
+    k = min(BLOCK, h, w)
+    pad = (k // 2, k - 1 - k // 2, k // 2, k - 1 - k // 2)
+    edge = F.avg_pool2d(F.pad(edge, pad, mode='replicate'), k, 1)
+    inner = F.avg_pool2d(F.pad(inner, pad, mode='replicate'), k, 1) / (BLOCK - 1)
+    return torch.log((edge + 1e-5) / (inner + 1e-5))
 
 
 def image_statistics(x, size):
-    """Fixed (parameter-free) local statistics of (B, 3, H, W) images, area-pooled to ``size``: (B, 6, h, w).
+    """Fixed (parameter-free) local statistics of (B, 3, H, W) images, area-pooled to ``size``: (B, 7, h, w).
 
     Channels: luma, chroma magnitude, log gradient energy, log Laplacian energy, log local variance
-    (5x5) and log chroma variance. Log energies turn ratios between two images into differences, so
+    (5x5), log chroma variance and the block-boundary ratio (``block_boundary_ratio``, for codecs
+    whose artefacts a small convolution stack at quarter resolution does not see). Log energies turn ratios between two images into differences, so
     sharper/blurrier, noisier/smoother, higher/lower contrast become signed differences the pair head
     reads almost linearly; the learned convolutions handle the rest (codecs, quantisation, aliasing).
     """
@@ -67,17 +92,17 @@ def image_statistics(x, size):
     mean5 = F.avg_pool2d(F.pad(y, (2, 2, 2, 2), mode='replicate'), 5, 1)
     var5 = F.avg_pool2d(F.pad((y - mean5) ** 2, (2, 2, 2, 2), mode='replicate'), 5, 1)
     cvar = (chroma - F.avg_pool2d(F.pad(chroma, (1, 1, 1, 1), mode='replicate'), 3, 1)).pow(2).mean(1, keepdim=True)
-    stats = torch.cat([y, cmag, dx * dx + dy * dy, lap * lap, var5, cvar], 1)
+    stats = torch.cat([y, cmag, dx * dx + dy * dy, lap * lap, var5, cvar, block_boundary_ratio(y)], 1)
     stats = F.adaptive_avg_pool2d(stats, size)
     eps = 1e-5
-    return torch.cat([stats[:, :2] * 2.0 - 0.5, 0.25 * torch.log(stats[:, 2:] + eps)], 1)
+    return torch.cat([stats[:, :2] * 2.0 - 0.5, 0.25 * torch.log(stats[:, 2:6] + eps), 0.5 * stats[:, 6:]], 1)
 
 
 class _Encoder(nn.Module):
-    """Per-image features at quarter resolution: (B, 3, H, W) -> (B, C + 6, ceil(ceil(H/2)/2), ...).
+    """Per-image features at quarter resolution: (B, 3, H, W) -> (B, C + 7, ceil(ceil(H/2)/2), ...).
 
     Learned convolutions (plain, non-dilated: PyTorch's dilated convolution takes a slow path on CPU)
-    plus the fixed ``image_statistics`` pooled to the same grid.
+    plus the 7 fixed ``image_statistics`` pooled to the same grid.
     """
 
     def __init__(self, num_feat=32):
@@ -123,7 +148,7 @@ class RelationalDistortionNet(nn.Module):
             nn.Conv2d(num_head, self.num_axes, 3, 1, 1))
 
     def features(self, x):
-        """(B, 3, H, W) -> (B, num_feat + 6, ~H/4, ~W/4)."""
+        """(B, 3, H, W) -> (B, num_feat + 7, ~H/4, ~W/4)."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f'expected (B, 3, H, W) images, got shape {tuple(x.shape)}')
         if min(x.shape[-2:]) < MIN_SIZE:
