@@ -96,9 +96,9 @@ def test_clip_tower_same_tokens_and_deepcopy():
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         fast = tower(x)
-        tower.packed_linear.enabled = False
-        plain = tower(x)
-        tower.packed_linear.enabled = True
+        with tower.packed_linear.disabled():
+            plain = tower(x)
+        assert tower.packed_linear.enabled
         copied = copy.deepcopy(tower)(x)
     for f, p, c in zip(fast, plain, copied):
         torch.testing.assert_close(f, p, rtol=1e-4, atol=1e-5)

@@ -76,10 +76,11 @@ def image_statistics(x, size):
     """Fixed (parameter-free) local statistics of (B, 3, H, W) images, area-pooled to ``size``: (B, 7, h, w).
 
     Channels: luma, chroma magnitude, log gradient energy, log Laplacian energy, log local variance
-    (5x5), log chroma variance and the block-boundary ratio (``block_boundary_ratio``, for codecs
-    whose artefacts a small convolution stack at quarter resolution does not see). Log energies turn ratios between two images into differences, so
-    sharper/blurrier, noisier/smoother, higher/lower contrast become signed differences the pair head
-    reads almost linearly; the learned convolutions handle the rest (codecs, quantisation, aliasing).
+    (5x5), log chroma variance and the block-boundary ratio (``block_boundary_ratio``: codec blocking,
+    which the small convolution stack at quarter resolution did not pick up). Log energies turn ratios
+    between two images into differences, so sharper/blurrier, noisier/smoother, higher/lower contrast
+    become signed differences the pair head reads almost linearly; the learned convolutions handle the
+    rest (quantisation, aliasing, the codecs' other artefacts).
     """
     w = x.new_tensor(_LUMA).view(1, 3, 1, 1)
     y = (x * w).sum(1, keepdim=True)

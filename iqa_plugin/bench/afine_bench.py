@@ -249,15 +249,9 @@ def flops_per_pair(model, dist, ref):
     from torch.utils.flop_counter import FlopCounterMode
 
     packed = getattr(getattr(model, 'clip', None), 'packed_linear', None)
-    enabled = packed.enabled if packed is not None else False
-    if packed is not None:
-        packed.enabled = False
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(dist[:1], ref[:1])
-    finally:
-        if packed is not None:
-            packed.enabled = enabled
+    plain = packed.disabled() if packed is not None else contextlib.nullcontext()
+    with plain, torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(dist[:1], ref[:1])
     return counter.get_total_flops()
 
 
@@ -359,11 +353,8 @@ def main(argv=None):
     packed = clip.packed_linear
 
     def run_ours_default_linear():  # ours with PyTorch's own F.linear (fast_cpu_linear=False)
-        enabled, packed.enabled = packed.enabled, False
-        try:
+        with packed.disabled():
             return run_ours()
-        finally:
-            packed.enabled = enabled
 
     s_default = run_ours_default_linear()
     max_diff = max(max_diff, float((s_theirs - s_default).abs().max()))

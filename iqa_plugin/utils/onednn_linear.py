@@ -16,6 +16,8 @@ as a loss): the backward pass is then ``grad_out @ weight`` with PyTorch's own p
 cost as much memory as the weights themselves; they are made on first use, replaced when a weight
 changes (``.to()``, ``load_state_dict``, an in-place update), and never saved in a state dict.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -76,10 +78,20 @@ class PackedLinear:
     def clear(self):
         self._packed.clear()
 
-    def usable(self, x, weight):
+    @contextlib.contextmanager
+    def disabled(self):
+        """Use plain ``F.linear`` inside the block (e.g. to compare with it or to count its FLOPs)."""
+        enabled, self.enabled = self.enabled, False
+        try:
+            yield self
+        finally:
+            self.enabled = enabled
+
+    def usable(self, x, weight, bias=None):
+        frozen = [weight] if bias is None else [weight, bias]
         return (self.enabled and x.device.type == 'cpu' and weight.device.type == 'cpu'
-                and x.dtype == torch.float32 and weight.dtype == torch.float32
-                and not (weight.requires_grad and torch.is_grad_enabled())
+                and x.dtype == torch.float32 and all(t.dtype == torch.float32 for t in frozen)
+                and not (torch.is_grad_enabled() and any(t.requires_grad for t in frozen))
                 and not torch.is_autocast_enabled('cpu') and x.shape[-1] == weight.shape[1] and x.numel() > 0
                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling())  # tracers/compilers: plain ops
 
@@ -95,8 +107,7 @@ class PackedLinear:
 
     def linear(self, x, weight, bias=None):
         """``F.linear(x, weight, bias)`` for x (..., in) -> (..., out), through oneDNN when usable."""
-        if not self.usable(x, weight) or (bias is not None and (bias.dtype != torch.float32
-                                                                or (bias.requires_grad and torch.is_grad_enabled()))):
+        if not self.usable(x, weight, bias):
             return F.linear(x, weight, bias)
         packed = self.packed(weight)
         bias = None if bias is None else bias.detach()
