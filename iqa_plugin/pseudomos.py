@@ -395,10 +395,10 @@ def load_cache(path):
 def _speed(args):
     import numpy as np
 
-    from iqa_plugin.distortions import DistortionEngine, _smooth_test_image
+    from iqa_plugin.distortions import DistortionEngine, smooth_test_image
 
     torch.set_num_threads(args.threads)
-    img = _smooth_test_image(args.size)
+    img = smooth_test_image(args.size)
     eng = DistortionEngine(seed=0)
     dist = torch.stack([torch.from_numpy(eng.sample(img)[0].transpose(2, 0, 1)) for _ in range(args.pairs)])
     ref = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))

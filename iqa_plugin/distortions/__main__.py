@@ -1,7 +1,7 @@
-"""``python -m iqa_plugin.distortions``: throughput of every operation and of ``sample`` on one core."""
+"""``python -m iqa_plugin.distortions``: throughput of every operation and of ``sample`` on one core (see ``cli``)."""
 import sys
 
-from iqa_plugin.distortions import main
+from iqa_plugin.distortions.cli import main
 
 if __name__ == '__main__':
     main(sys.argv[1:])
