@@ -607,6 +607,15 @@ class NRScorer(nn.Module):
         return f'name={self.name}, lower_better={self.lower_better}, score_range={self.score_range}'
 
 
+def check_qalign_snapshot():
+    """Raise ``WeightsError`` unless the HuggingFace snapshot q-future/one-align is in the HF cache."""
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub import try_to_load_from_cache
+    if not isinstance(try_to_load_from_cache('q-future/one-align', 'config.json'), str):
+        raise wm.WeightsError(f"weights for 'qalign' not found: the HuggingFace snapshot q-future/one-align is "
+                              f"expected in {hf_constants.HF_HUB_CACHE} (huggingface-cli download q-future/one-align)")
+
+
 def _build_qalign(device, pretrained, weights_path):
     if not pretrained:
         raise ValueError("qalign cannot be built with pretrained=False: it is a 7B-parameter mPLUG-Owl2 LLM "
@@ -614,11 +623,7 @@ def _build_qalign(device, pretrained, weights_path):
     if weights_path:
         raise ValueError("qalign takes no weights_path: it loads the HuggingFace snapshot q-future/one-align "
                          "from the HF cache")
-    from huggingface_hub import constants as hf_constants
-    from huggingface_hub import try_to_load_from_cache
-    if not isinstance(try_to_load_from_cache('q-future/one-align', 'config.json'), str):
-        raise wm.WeightsError(f"weights for 'qalign' not found: the HuggingFace snapshot q-future/one-align is "
-                              f"expected in {hf_constants.HF_HUB_CACHE} (huggingface-cli download q-future/one-align)")
+    check_qalign_snapshot()
     from pyiqa.archs.qalign_arch import QAlign
     old = os.environ.get('HF_HUB_OFFLINE')
     os.environ['HF_HUB_OFFLINE'] = '1'

@@ -1,82 +1,167 @@
-"""The one scoring API: metrics are created by name from a single table of defaults.
+"""The one scoring API: every metric is created by name from the single table ``METRICS``.
 
-Every factory in the table returns a frozen ``torch.nn.Module`` in eval mode with attributes
-``kind`` ('fr' or 'nr'), ``lower_better`` (bool) and ``output_names`` (tuple), whose
-``forward(dist, ref=None)`` takes (B, 3, H, W) RGB tensors in [0, 1] and returns an ordered
-dict of (B,) tensors, the primary score first. ``forward`` is differentiable with respect to
-``dist`` where the metric allows it (callers that only score wrap it in ``torch.no_grad()``), so the
-same module serves pyiqa's ``as_loss`` and gradient checks. Factories take ``device`` plus the keyword
-arguments listed in ``defaults``; ``weights_path`` always means an explicit weights file.
+The table is the only place a metric's kind ('fr' needs a reference, 'nr' does not), direction
+(``lower_better``), score range (for range normalisation in losses), input needs (``min_size``),
+whether it may be optimised (``loss``), the weight files it loads and its factory live. Everything
+else looks it up here: the losses (``iqa_plugin.losses.frozen_iqa.FrozenIQALoss``), the validator
+``calculate_iqa`` (and its aliases), the SR models' tensor validators and checkpoint selection
+(``better`` defaults from ``lower_better``), the option pre-flight check (weights resolved before
+anything is written), ``iqa-plugin score`` and its ``--help`` listing.
+
+Every factory returns a frozen ``torch.nn.Module`` in eval mode with attributes ``kind``,
+``lower_better`` and ``output_names`` (tuple, primary first), whose ``forward(dist, ref=None)`` takes
+(B, 3, H, W) RGB tensors in [0, 1] and returns an ordered dict of (B,) tensors. ``forward`` is
+differentiable with respect to ``dist`` where the metric allows it (validators wrap it in
+``torch.no_grad()``). Factories take ``device`` plus keyword arguments; ``weights_path`` always means
+an explicit weights file.
+
+Frozen networks are built once per (name, device, options) by ``get_cached_metric``: the one cache
+of frozen networks, shared by losses and validators.
+
+This module imports torch lazily, so listing the table (the CLI's help) stays fast.
 """
 import importlib
+import os
 import threading
 from dataclasses import dataclass, field
-
-import torch
+from pathlib import Path
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    factory: str  # 'module:function'
-    kind: str  # 'fr' (needs a reference) or 'nr'
+    """One row of the table.
+
+    Attributes:
+        factory: ``'module:function'`` building the frozen scorer.
+        kind: 'fr' (needs a reference) or 'nr'.
+        lower_better: direction of the primary output.
+        defaults: factory keyword arguments of this row.
+        description: one line for listings.
+        score_range: (lo, hi) of the primary output, the scale used to normalise it into a loss
+            (approximate for metrics without hard bounds; values outside are not clipped).
+        min_size: smallest image side accepted.
+        loss: '' when the metric may be optimised, else why it is refused as a loss.
+        weight_options: pairs (entry option, explicit-path option) naming weights-manager entries
+            (``iqa_plugin.weights``) that the factory loads, e.g. ('weights', 'weights_path').
+        pyiqa: the metric's files are pyiqa's published files (``iqa_plugin.nriqa``).
+    """
+    factory: str
+    kind: str
     lower_better: bool
     defaults: dict = field(default_factory=dict)
     description: str = ''
+    score_range: tuple = (0.0, 1.0)
+    min_size: int = 16
+    loss: str = ''
+    weight_options: tuple = (('weights', 'weights_path'),)
+    pyiqa: bool = False
+
+    @property
+    def better(self):
+        """'lower' or 'higher': BasicSR's ``better`` key for this metric."""
+        return 'lower' if self.lower_better else 'higher'
+
+    @property
+    def loss_capable(self):
+        return not self.loss
 
 
+_MILO = 'iqa_plugin.archs.milo_arch:build_milo_scorer'
+_AFINE = 'iqa_plugin.archs.afine_arch:build_afine_scorer'
+_AFINE_WEIGHTS = (('weights', 'weights_path'), ('clip_weights', 'clip_weights_path'))
 _PYIQA_NR = 'iqa_plugin.nriqa:build_pyiqa_scorer'
+_NSS = 'hand-crafted natural-scene statistics: optimising them games the statistics'
 
 METRICS = {
-    'milo': MetricSpec('iqa_plugin.archs.milo_arch:build_milo_scorer', 'fr', True, {'weights': 'milo'},
-                       'MILO (official weights): raw error and quality score'),
-    'milo-pseudomos': MetricSpec('iqa_plugin.archs.milo_arch:build_milo_scorer', 'fr', True,
-                                 {'weights': 'milo-pseudomos'}, 'MILO trained label-free by this project'),
+    'milo': MetricSpec(_MILO, 'fr', True, {'weights': 'milo'},
+                       'MILO (official weights): quality score, 0 = identical', (0.0, 1.0), 16),
+    'milo-pseudomos': MetricSpec(_MILO, 'fr', True, {'weights': 'milo-pseudomos'},
+                                 'MILO trained label-free by this project (ships with the package)', (0.0, 1.0), 16),
     'relational': MetricSpec('iqa_plugin.archs.relational_arch:build_relational_scorer', 'fr', False,
-                             {'weights': 'relational'}, 'relational score s(dist | ref), 0 for identical'),
-    'afine': MetricSpec('iqa_plugin.archs.afine_arch:build_afine_scorer', 'fr', True,
-                        {'model_type': 'afine_all_scale'}, 'A-FINE, scaled score (afine_all_scale)'),
-    'afine_fr': MetricSpec('iqa_plugin.archs.afine_arch:build_afine_scorer', 'fr', True,
-                           {'model_type': 'afine_fr'}, 'A-FINE fidelity term'),
-    'afine_nr': MetricSpec('iqa_plugin.archs.afine_arch:build_afine_scorer', 'nr', True,
-                           {'model_type': 'afine_nr'}, 'A-FINE naturalness term'),
-    'nr-lite': MetricSpec('iqa_plugin.archs.nr_lite_arch:build_nr_lite_scorer', 'nr', False,
-                          {'weights': 'nr-lite'}, 'small offline NR model trained by this project'),
+                             {'weights': 'relational'}, 'relational score s(dist | ref) <= 0, 0 = identical',
+                             (-1.0, 0.0), 16),
+    'afine': MetricSpec(_AFINE, 'fr', True, {'model_type': 'afine_all_scale'},
+                        'A-FINE, scaled score (afine_all_scale)', (0.0, 100.0), 32, weight_options=_AFINE_WEIGHTS),
+    'afine_fr': MetricSpec(_AFINE, 'fr', True, {'model_type': 'afine_fr'}, 'A-FINE fidelity term', (-2.0, 2.0), 32,
+                           weight_options=_AFINE_WEIGHTS),
+    'afine_all': MetricSpec(_AFINE, 'fr', True, {'model_type': 'afine_all'},
+                            'A-FINE before the final scaling (D)', (-2.0, 2.0), 32, weight_options=_AFINE_WEIGHTS),
+    'afine_nr': MetricSpec(_AFINE, 'nr', True, {'model_type': 'afine_nr'}, 'A-FINE naturalness term', (-2.0, 2.0), 32,
+                           weight_options=_AFINE_WEIGHTS),
+    'nr-lite': MetricSpec('iqa_plugin.archs.nr_lite_arch:build_nr_lite_scorer', 'nr', False, {'weights': 'nr-lite'},
+                          'small offline NR model trained by this project (ships with the package)', (0.0, 1.0), 32),
 }
-# pyiqa no-reference metrics (weights through pyiqa's cache or weights_path); direction from pyiqa.
-for _name, _lower in [('musiq', False), ('nima', False), ('topiq_nr', False), ('qalign', False), ('liqe', False),
-                      ('paq2piq', False), ('arniqa', False), ('clipiqa', False), ('niqe', True), ('brisque', True)]:
-    METRICS[_name] = MetricSpec(_PYIQA_NR, 'nr', _lower, {'metric_name': _name}, f'pyiqa {_name}')
+# pyiqa no-reference metrics (weights through pyiqa's cache or weights_path); direction and range as
+# pyiqa's DEFAULT_CONFIGS give them (checked against pyiqa in tests/test_scoring.py).
+for _name, _lower, _range, _min, _loss in [
+        ('musiq', False, (0.0, 100.0), 32, ''), ('nima', False, (0.0, 10.0), 32, ''),
+        ('topiq_nr', False, (0.0, 1.0), 32, ''),
+        ('qalign', False, (1.0, 5.0), 16, 'its input goes through PIL (no gradient)'),
+        ('liqe', False, (1.0, 5.0), 224, ''), ('paq2piq', False, (0.0, 100.0), 32, ''),
+        ('arniqa', False, (0.0, 1.0), 32, ''), ('clipiqa', False, (0.0, 1.0), 32, ''),
+        ('niqe', True, (0.0, 100.0), 96, _NSS), ('brisque', True, (0.0, 150.0), 32, _NSS)]:
+    METRICS[_name] = MetricSpec(_PYIQA_NR, 'nr', _lower, {'metric_name': _name}, f'pyiqa {_name}', _range, _min, _loss,
+                                weight_options=(), pyiqa=True)
 
 
 def get_spec(name):
+    """The ``MetricSpec`` of ``name``; ValueError naming the known metrics otherwise."""
     if name not in METRICS:
         raise ValueError(f"unknown metric '{name}'; known: {', '.join(sorted(METRICS))}")
     return METRICS[name]
 
 
-def _import_factory(path):
+def import_factory(path):
+    """``'module:function'`` -> the function."""
     module, func = path.split(':')
     return getattr(importlib.import_module(module), func)
 
 
+def factory_options(name):
+    """Keyword names the metric's factory accepts (besides ``device``): for option checks."""
+    import inspect
+
+    spec = get_spec(name)
+    params = inspect.signature(import_factory(spec.factory)).parameters
+    return (set(spec.defaults) | {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}) \
+        - {'device'}
+
+
+def _options(name, kwargs):
+    spec = get_spec(name)
+    return {**spec.defaults, **{k: v for k, v in kwargs.items() if v is not None}}
+
+
 def create_metric(name, device=None, **kwargs):
     """Build metric ``name`` (see ``METRICS``) with its defaults overridden by ``kwargs``."""
+    import torch
+
     spec = get_spec(name)
-    opts = {**spec.defaults, **{k: v for k, v in kwargs.items() if v is not None}}
     device = torch.device(device) if device is not None else torch.device('cpu')
-    return _import_factory(spec.factory)(device=device, **opts)
+    return import_factory(spec.factory)(device=device, **_options(name, kwargs))
 
 
 _cache = {}
-_cache_lock = threading.Lock()
+_cache_lock = threading.RLock()
 
 
 def get_cached_metric(name, device=None, **kwargs):
-    """``create_metric`` built once per (name, device, options) and reused: for per-image validators."""
-    key = (name, str(device), tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    """The frozen metric ``name`` for these options on ``device``, built once per process.
+
+    The one cache of frozen IQA networks: losses, validators and GT selection share it. The key uses
+    the options after the table's defaults are applied, so ``('milo', weights='milo')`` and ``'milo'``
+    are the same network. Do not move or modify the returned module.
+    """
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device('cpu')
+    opts = _options(name, kwargs)
+    # keyed by factory and options, so rows that differ only in defaults ('milo' with
+    # weights='milo-pseudomos' and 'milo-pseudomos') share one network
+    key = (get_spec(name).factory, str(device), tuple(sorted((k, repr(v)) for k, v in opts.items())))
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = create_metric(name, device=device, **kwargs)
+            _cache[key] = create_metric(name, device=device, **opts)
         return _cache[key]
 
 
@@ -91,3 +176,78 @@ def freeze(module):
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+# ------------------------------------------------------------------------------------ weights
+def weight_requirements(name, **kwargs):
+    """What metric ``name`` with these options loads: a list of ``(kind, value)`` pairs.
+
+    ``('path', p)`` for an explicit file, ``('entry', e)`` for a weights-manager entry,
+    ``('pyiqa', metric_name)`` for pyiqa's published files. Empty for random-weight builds
+    (``pretrained: false`` without ``weights_path``).
+    """
+    spec = get_spec(name)
+    opts = _options(name, kwargs)
+    if opts.get('pretrained') is False and not opts.get('weights_path'):
+        return []
+    needs = []
+    for entry_key, path_key in spec.weight_options:
+        if opts.get(path_key):
+            needs.append(('path', str(opts[path_key])))
+        elif opts.get(entry_key) and opts[entry_key] != 'none':
+            needs.append(('entry', opts[entry_key]))
+        elif entry_key == 'clip_weights' and entry_key not in opts:
+            needs.append(('entry', 'clip-vit-b-32'))  # the A-FINE factory's default backbone
+    if spec.pyiqa:
+        if opts.get('weights_path'):
+            needs.append(('path', str(opts['weights_path'])))
+        elif opts['metric_name'] != 'qalign':
+            needs.append(('pyiqa', opts['metric_name']))
+        else:
+            needs.append(('hf', 'q-future/one-align'))
+    return needs
+
+
+def resolve_weights(name, allow_download=True, **kwargs):
+    """Resolve every file metric ``name`` will load (downloading where allowed and online).
+
+    Raises ``iqa_plugin.weights.WeightsError`` (one line: the file, its URL and the folders searched) for
+    the first file that cannot be had, ``FileNotFoundError`` for a missing explicit path. Returns the paths.
+    """
+    from iqa_plugin import weights as wm
+
+    paths = []
+    for kind, value in weight_requirements(name, **kwargs):
+        if kind == 'path':
+            p = Path(os.path.expanduser(value))
+            if not p.is_file():
+                raise FileNotFoundError(f"weights file for '{name}' not found: {p}")
+            paths.append(p)
+        elif kind == 'entry':
+            paths.append(wm.resolve(value, allow_download=allow_download))
+        elif kind == 'pyiqa':
+            from iqa_plugin import nriqa
+            paths.extend(nriqa.resolve_file(value, wf, allow_download) for wf in nriqa.metric_info(value).files())
+        elif kind == 'hf':
+            from iqa_plugin import nriqa
+            nriqa.check_qalign_snapshot()
+    return paths
+
+
+def available_offline(name, **kwargs):
+    """(True, '') when every file metric ``name`` loads is on this machine now, else (False, reason).
+
+    Never downloads.
+    """
+    from iqa_plugin import weights as wm
+
+    try:
+        resolve_weights(name, allow_download=False, **kwargs)
+    except (wm.WeightsError, FileNotFoundError, ImportError, ValueError) as e:
+        return False, ' '.join(str(e).split())
+    return True, ''
+
+
+def table_rows():
+    """(name, kind, direction, description) for every metric, sorted: for listings (no torch import)."""
+    return [(n, s.kind, s.better, s.description) for n, s in sorted(METRICS.items())]

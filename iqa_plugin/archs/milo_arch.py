@@ -24,7 +24,6 @@ Inputs are (B, C, H, W) float tensors: RGB in [0, 1] (no normalisation, no resiz
 every side must be at least ``2 ** (num_scales + 1) = 16``. Outputs are per image, shape (B,).
 """
 import os
-import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple
@@ -247,32 +246,17 @@ class MILO(nn.Module):
 
 
 # ---------------------------------------------------------------------- shared frozen networks
-_frozen_cache = {}
-_frozen_lock = threading.Lock()
-
-
 def get_frozen_milo(weights='auto', weights_path=None, in_channels=3, device='cpu'):
-    """A frozen MILO with the given weights on ``device``, built once per process and shared.
-
-    Used by the losses so that many loss instances (and every training step) reuse one network. The
-    returned module must not be moved or modified; ask again with another ``device`` instead.
-    """
-    path = resolve_milo_weights(weights, weights_path, in_channels)
-    if path is None:
+    """The frozen MILO network with these weights on ``device``, from the one cache of frozen networks
+    (``scoring.get_cached_metric``, shared with the losses and validators); do not move or modify it."""
+    if weights == 'auto':
+        weights = default_weights_name(in_channels)
+    if weights in (None, '', 'none', 'None') and not weights_path:
         raise ValueError('get_frozen_milo needs weights (a frozen random network is never what you want)')
-    device = torch.device(device)
-    key = (str(Path(path).resolve()), in_channels, str(device))
-    with _frozen_lock:
-        net = _frozen_cache.get(key)
-        if net is None:
-            net = MILO(in_channels=in_channels, weights=None, weights_path=path, frozen=True).to(device)
-            _frozen_cache[key] = net
-        return net
+    from iqa_plugin.scoring import get_cached_metric
 
-
-def clear_frozen_cache():
-    with _frozen_lock:
-        _frozen_cache.clear()
+    weights = weights or 'none'  # the cache drops None options, which would restore the default entry
+    return get_cached_metric('milo', device, weights=weights, weights_path=weights_path, in_channels=in_channels).net
 
 
 # ---------------------------------------------------------------------- scoring-table factory
@@ -327,4 +311,4 @@ def build_milo_scorer(device, weights='milo', weights_path=None, out_of_range='c
 
 
 __all__ = ['MILO', 'MILOOutput', 'MILOScorer', 'MaskFinder', 'ScalerNetwork', 'build_milo_scorer',
-           'get_frozen_milo', 'clear_frozen_cache', 'resolve_milo_weights', 'load_milo_state_dict', 'NUM_SCALES']
+           'get_frozen_milo', 'resolve_milo_weights', 'load_milo_state_dict', 'NUM_SCALES']

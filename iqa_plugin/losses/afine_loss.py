@@ -10,23 +10,25 @@ The frozen A-FINE network (``iqa_plugin.archs.afine_arch``) scores the predictio
 Gradients flow to the prediction only; the target is detached and, when it needs no gradient, its CLIP
 features are computed without building a graph.
 """
-import torch
 from basicsr.utils.registry import LOSS_REGISTRY
-from torch import nn
 
-from iqa_plugin.archs.afine_arch import MODEL_TYPES, get_frozen_afine
-from iqa_plugin.utils.loss_util import check_reduction, weighted_reduce
+from iqa_plugin.archs.afine_arch import MODEL_TYPES
+from iqa_plugin.losses.frozen_iqa import FrozenIQALoss
+
+# the scoring-table row (score range for the normalisation) of each A-FINE output
+_ROWS = {'afine_all_scale': 'afine', 'afine_all': 'afine_all', 'afine_fr': 'afine_fr', 'afine_nr': 'afine_nr'}
 
 
 def normalise_afine(score, model_type):
     """Map an A-FINE term to a loss scale (see the module docstring); shape preserved."""
-    if model_type == 'afine_all_scale':
-        return score / 100.0
-    return (score + 2.0) / 4.0
+    from iqa_plugin.scoring import get_spec
+
+    lo, hi = get_spec(_ROWS[model_type]).score_range
+    return (score - lo) / (hi - lo)
 
 
 @LOSS_REGISTRY.register()
-class AFINELoss(nn.Module):
+class AFINELoss(FrozenIQALoss):
     """A-FINE loss (lower A-FINE = better = lower loss).
 
     Args:
@@ -50,38 +52,31 @@ class AFINELoss(nn.Module):
     def __init__(self, loss_weight=1.0, model_type='afine_all_scale', weights_path=None, clip_weights_path=None,
                  reduction='mean', weights='afine', clip_weights='clip-vit-b-32', size_mode='resize', amp_dtype=None,
                  out_of_range='clamp'):
-        super().__init__()
-        check_reduction(reduction)
+        self.model_type = model_type
+        name, opts = self.metric_of(model_type=model_type, weights_path=weights_path,
+                                    clip_weights_path=clip_weights_path, weights=weights, clip_weights=clip_weights,
+                                    size_mode=size_mode, amp_dtype=amp_dtype, out_of_range=out_of_range)
+        super().__init__(name, opts, loss_weight=loss_weight, reduction=reduction, out_of_range=out_of_range)
+
+    @classmethod
+    def metric_of(cls, model_type='afine_all_scale', weights='afine', weights_path=None, clip_weights='clip-vit-b-32',
+                  clip_weights_path=None, size_mode='resize', amp_dtype=None, out_of_range='clamp', **_):
         if model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
-        self.loss_weight = float(loss_weight)
-        self.reduction = reduction
-        self.model_type = model_type
-        self._opts = dict(model_type=model_type, weights=weights, weights_path=weights_path,
-                          clip_weights=clip_weights, clip_weights_path=clip_weights_path, size_mode=size_mode,
-                          amp_dtype=amp_dtype, out_of_range=out_of_range)
-        # frozen networks per device in a plain dict: never parameters or state-dict entries of the loss;
-        # built now on the CPU so that missing weights fail at construction
-        self._nets = {}
-        self.afine(torch.device('cpu'))
+        # the options of get_frozen_afine, so the loss and the validator share one network
+        return _ROWS[model_type], dict(model_type=model_type, weights=weights, weights_path=weights_path,
+                                       clip_weights=clip_weights, clip_weights_path=clip_weights_path,
+                                       size_mode=size_mode, amp_dtype=amp_dtype, out_of_range=out_of_range)
 
     def afine(self, device):
         """The shared frozen A-FINE on ``device``."""
-        key = str(torch.device(device))
-        if key not in self._nets:
-            self._nets[key] = get_frozen_afine(device, **self._opts)
-        return self._nets[key]
+        return self.frozen_scorer(device)
 
     def per_image(self, pred, target=None):
         """Normalised A-FINE per image (B,), before ``loss_weight``/reduction."""
         net = self.afine(pred.device)
         ref = None if self.model_type == 'afine_nr' or target is None else target.detach()
-        score = net.score(pred, ref)
-        return normalise_afine(score, self.model_type)
-
-    def forward(self, pred, target=None):
-        per_image = self.per_image(pred, target)
-        return weighted_reduce(per_image, self.reduction, self.loss_weight)
+        return self.normalise(net.score(pred, ref))
 
     def extra_repr(self):
-        return f"model_type={self.model_type!r}, loss_weight={self.loss_weight}, reduction={self.reduction!r}"
+        return super().extra_repr() + f", model_type={self.model_type!r}"

@@ -38,9 +38,8 @@ import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
-from iqa_plugin.archs.milo_arch import get_frozen_milo
 from iqa_plugin.utils.image import prepare_pair
-from iqa_plugin.utils.loss_util import check_reduction, weighted_reduce
+from iqa_plugin.losses.frozen_iqa import FrozenIQALoss
 
 _SCHEDULES = ('linear', 'cosine', 'step')
 _CURRICULUM_KEYS = ('schedule', 'start', 'end', 'steps', 'min_weight')
@@ -105,53 +104,38 @@ def curriculum_weights(mask, t, min_weight=0.1):
 
 
 # ---------------------------------------------------------------------- losses
-class _MILOLossBase(nn.Module):
-    """Shared machinery: frozen MILO per device (process-wide cache), reduction, curriculum, progress."""
+class _MILOLossBase(FrozenIQALoss):
+    """Shared machinery of the image and latent MILO losses: the MILO network, curriculum, options."""
 
     in_channels = 3
     default_weights = 'milo'
 
     def __init__(self, loss_weight=1.0, reduction='mean', weights=None, weights_path=None, curriculum=None,
                  detach_mask=True, out_of_range='clamp', channels_last='auto'):
-        super().__init__()
-        check_reduction(reduction)
-        if out_of_range not in ('clamp', 'error', 'ignore'):
-            raise ValueError(f"out_of_range must be 'clamp', 'error' or 'ignore', got {out_of_range!r}")
-        self.loss_weight = float(loss_weight)
-        self.reduction = reduction
-        self.weights = weights or self.default_weights
-        self.weights_path = weights_path
-        self.curriculum = check_curriculum(curriculum)
-        self.detach_mask = bool(detach_mask)
-        self.out_of_range = out_of_range
         if channels_last not in ('auto', True, False):
             raise ValueError(f"channels_last must be 'auto', true or false, got {channels_last!r}")
+        self.curriculum = check_curriculum(curriculum)
+        self.weights = weights or self.default_weights
+        self.weights_path = weights_path
+        self.detach_mask = bool(detach_mask)
         self.channels_last = channels_last
-        self.progress = 0.0
-        # Frozen networks per device: a plain dict, so they are neither parameters nor state-dict
-        # entries of the loss. Built here on the CPU so that missing weights fail at construction.
-        self._nets = {}
-        self.milo(torch.device('cpu'))
+        super().__init__(*self.metric_of(weights=self.weights, weights_path=weights_path), loss_weight=loss_weight,
+                         reduction=reduction, out_of_range=out_of_range)
+
+    @classmethod
+    def metric_of(cls, weights=None, weights_path=None, **_):
+        return 'milo', {'weights': weights or cls.default_weights, 'weights_path': weights_path,
+                        'in_channels': cls.in_channels}
 
     def milo(self, device):
-        """The shared frozen MILO on ``device``."""
-        device = torch.device(device)
-        key = str(device)
-        net = self._nets.get(key)
-        if net is None:
-            net = get_frozen_milo(self.weights, self.weights_path, self.in_channels, device)
-            self._nets[key] = net
-        return net
-
-    def set_progress(self, p):
-        """Training progress ``p = current_iter / total_iter`` in [0, 1] (used by the curriculum)."""
-        self.progress = min(max(float(p), 0.0), 1.0)
+        """The shared frozen MILO network (``MILOScorer.net``) on ``device``."""
+        return self.frozen_scorer(device).net
 
     def curriculum_t(self):
         """Current t(p), or None without a curriculum."""
         return None if self.curriculum is None else curriculum_t(self.progress, **self.curriculum)
 
-    def per_image(self, dist, ref):
+    def weighted_error(self, dist, ref):
         """Per-image (B,) weighted MILO error for validated inputs (before ``loss_weight``)."""
         net = self.milo(dist.device)
         ref = ref.detach()
@@ -167,9 +151,6 @@ class _MILOLossBase(nn.Module):
         if self.curriculum is not None:
             err = err * curriculum_weights(mask, self.curriculum_t(), self.curriculum['min_weight'])
         return err.mean(dim=(1, 2, 3))
-
-    def _reduce(self, per_image):
-        return weighted_reduce(per_image, self.reduction, self.loss_weight)
 
     def extra_repr(self):
         return (f'weights={self.weights!r}, loss_weight={self.loss_weight}, reduction={self.reduction!r}, '
@@ -203,9 +184,9 @@ class MILOLoss(_MILOLossBase):
         super().__init__(loss_weight, reduction, weights, weights_path, curriculum, detach_mask, out_of_range,
                          channels_last)
 
-    def forward(self, pred, target):
+    def per_image(self, pred, target):
         dist, ref = prepare_pair(pred, target, channels=3, min_size=16, out_of_range=self.out_of_range)
-        return self._reduce(self.per_image(dist.float(), ref.float()))
+        return self.weighted_error(dist.float(), ref.float())
 
 
 @LOSS_REGISTRY.register()
@@ -315,7 +296,7 @@ class MILOLatentLoss(_MILOLossBase):
         z = _latent_from_output(out, self.sample_latent)
         return ((z.float() - self._encoder_shift) * self._encoder_scale)
 
-    def forward(self, pred, target):
+    def per_image(self, pred, target):
         if self._encoder is not None:
             dist, ref = prepare_pair(pred, target, channels=3, min_size=16, out_of_range=self.out_of_range)
             dist = self.encode(dist)
@@ -327,7 +308,7 @@ class MILOLatentLoss(_MILOLossBase):
         else:
             dist, ref = pred, target
         dist, ref = prepare_pair(dist, ref, channels=4, min_size=16, value_range=None)
-        return self._reduce(self.per_image(dist.float(), ref.float()))
+        return self.weighted_error(dist.float(), ref.float())
 
     def extra_repr(self):
         enc = 'precomputed' if self._encoder is None else type(self._encoder).__name__

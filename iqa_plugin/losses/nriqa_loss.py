@@ -10,17 +10,13 @@ metric's score range, so one ``loss_weight`` means about the same across metrics
 ``loss.parameters()`` / ``state_dict()``, its parameters have ``requires_grad=False`` and it stays
 in eval mode when ``loss.train()`` is called. It follows ``pred`` to its device.
 """
-from torch import nn
-
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from iqa_plugin.scoring import create_metric, get_spec
-from iqa_plugin.utils.loss_util import check_reduction, weighted_reduce
-
+from iqa_plugin.losses.frozen_iqa import FrozenIQALoss
 
 
 @LOSS_REGISTRY.register()
-class NRIQALoss(nn.Module):
+class NRIQALoss(FrozenIQALoss):
     """Loss from a no-reference quality metric.
 
     Args:
@@ -36,40 +32,29 @@ class NRIQALoss(nn.Module):
     """
 
     def __init__(self, metric='musiq', loss_weight=1.0, weights_path=None, pretrained=True, reduction='mean'):
-        super().__init__()
-        check_reduction(reduction)
+        name, opts = self.metric_of(metric=metric, weights_path=weights_path, pretrained=pretrained)
+        super().__init__(name, opts, loss_weight=loss_weight, reduction=reduction)
+
+    @classmethod
+    def metric_of(cls, metric='musiq', weights_path=None, pretrained=True, **_):
+        from iqa_plugin.scoring import get_spec
+
         spec = get_spec(metric)
         if spec.kind != 'nr':
             raise ValueError(f"NRIQALoss needs a no-reference metric; '{metric}' is full-reference")
-        self.metric = metric
-        self.loss_weight = float(loss_weight)
-        self.reduction = reduction
-        scorer = create_metric(metric, device='cpu', weights_path=weights_path, pretrained=pretrained, as_loss=True)
-        if not getattr(scorer, 'loss_capable', True):
-            raise ValueError(f"metric '{metric}' cannot be used as a loss; use it as a validator (calculate_nriqa)")
-        # A plain attribute, not a submodule: kept out of parameters(), state_dict() and train().
-        object.__setattr__(self, '_scorer', scorer)
+        if not spec.loss_capable:
+            raise ValueError(f"metric '{metric}' cannot be a loss ({spec.loss}); use it as a validator "
+                             f"(calculate_iqa, metric: {metric})")
+        return metric, {'weights_path': weights_path, 'pretrained': bool(pretrained)}
 
     @property
     def scorer(self):
-        return self._scorer
+        """The frozen scorer on the CPU (the one built at construction)."""
+        return self.frozen_scorer('cpu')
 
-    def train(self, mode=True):
-        super().train(mode)
-        self._scorer.eval()
-        return self
+    def per_image(self, pred, target=None):
+        scorer = self.frozen_scorer(pred.device)
+        return self.normalise(scorer(pred)[scorer.output_names[0]])
 
     def forward(self, pred, target=None, **kwargs):
-        scorer = self._scorer
-        if scorer.device != pred.device:
-            scorer.to(pred.device)
-        scores = scorer(pred)[scorer.output_names[0]]
-        lo, hi = scorer.score_range
-        if scorer.lower_better:
-            loss = (scores - lo) / (hi - lo)
-        else:
-            loss = (hi - scores) / (hi - lo)
-        return weighted_reduce(loss, self.reduction, self.loss_weight)
-
-    def extra_repr(self):
-        return f"metric='{self.metric}', loss_weight={self.loss_weight}, reduction='{self.reduction}'"
+        return super().forward(pred, target)

@@ -85,7 +85,7 @@ def check_metric_block(block, where):
     name = block['type']
     if name in scoring.METRICS:  # batched tensor validator of the plugin's SR models
         spec = scoring.METRICS[name]
-        factory = scoring._import_factory(spec.factory)
+        factory = scoring.import_factory(spec.factory)
         allowed = (set(spec.defaults) | set(_named_params(factory)) | _METRIC_COMMON
                    | {'weights_path', 'crop_border', 'output'}) - {'device'}
         _check_keys(block, allowed, where, name)

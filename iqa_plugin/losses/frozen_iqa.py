@@ -1,0 +1,80 @@
+"""``FrozenIQALoss``: the one base of the plugin's losses that optimise a frozen IQA metric.
+
+``MILOLoss``, ``MILOLatentLoss``, ``RelationalLoss``, ``AFINELoss`` and ``NRIQALoss`` specialise it. The base
+owns what every such loss needs, so none of them repeats it:
+
+* the frozen network comes from the one cache ``iqa_plugin.scoring.get_cached_metric`` (built once per
+  process and device, shared with the validators); it is never a submodule, so it is not in
+  ``parameters()``, ``state_dict()``, an optimizer or a DDP wrapper, and a parent's ``.train()`` cannot put
+  it out of eval mode (the scorers' ``train()`` always keeps eval as well);
+* it is built on the CPU at construction, so missing weights fail before training starts;
+* ``loss_weight`` and ``reduction`` ('mean' | 'sum' | 'none'; 'none' returns the per-image loss, shape (B,));
+* ``set_progress(p)`` for schedules (the SR models call it with ``current_iter / total_iter``);
+* ``normalise(scores)``: the table's score range and direction turn a score into a lower-is-better value
+  in about [0, 1], so one ``loss_weight`` means about the same across metrics;
+* ``metric_of(**yaml_keys)`` (a classmethod): the table row and factory options a loss block will load,
+  which the option pre-flight check resolves before anything is written.
+
+A subclass implements ``metric_of`` and ``per_image(pred, target) -> (B,)``.
+"""
+import torch
+from torch import nn
+
+from iqa_plugin import scoring
+from iqa_plugin.utils.loss_util import check_reduction, weighted_reduce
+
+OUT_OF_RANGE = ('clamp', 'error', 'ignore')
+
+
+class FrozenIQALoss(nn.Module):
+    """Base class; see the module docstring.
+
+    Args:
+        metric (str): scoring-table name.
+        metric_opts (dict): factory options of that metric (weights, weights_path, ...).
+        loss_weight (float): multiplier.
+        reduction (str): 'mean' (over the batch), 'sum' or 'none' ((B,) per image).
+        out_of_range (str): inputs outside [0, 1]: 'clamp' (warn once, clamp), 'error' or 'ignore'.
+    """
+
+    def __init__(self, metric, metric_opts=None, loss_weight=1.0, reduction='mean', out_of_range='clamp'):
+        super().__init__()
+        check_reduction(reduction)
+        if out_of_range not in OUT_OF_RANGE:
+            raise ValueError(f"out_of_range must be one of {', '.join(OUT_OF_RANGE)}, got {out_of_range!r}")
+        self.spec = scoring.get_spec(metric)
+        self.metric = metric
+        self.metric_opts = {k: v for k, v in (metric_opts or {}).items() if v is not None}
+        self.loss_weight = float(loss_weight)
+        self.reduction = reduction
+        self.out_of_range = out_of_range
+        self.progress = 0.0
+        self.frozen_scorer(torch.device('cpu'))  # missing weights fail here, not at the first step
+
+    @classmethod
+    def metric_of(cls, **kwargs):
+        """(scoring-table name, factory options) loaded by a loss with these keyword arguments."""
+        raise NotImplementedError
+
+    def frozen_scorer(self, device='cpu'):
+        """The shared frozen scorer on ``device`` (from ``scoring.get_cached_metric``)."""
+        return scoring.get_cached_metric(self.metric, device, **self.metric_opts)
+
+    def set_progress(self, p):
+        """Training progress ``p = current_iter / total_iter``, clipped to [0, 1]."""
+        self.progress = min(max(float(p), 0.0), 1.0)
+
+    def normalise(self, scores):
+        """Scores in the metric's own scale -> lower-is-better loss values, (hi - lo) -> 1."""
+        lo, hi = self.spec.score_range
+        return (scores - lo) / (hi - lo) if self.spec.lower_better else (hi - scores) / (hi - lo)
+
+    def per_image(self, pred, target):
+        """(B,) loss per image before ``loss_weight`` and the reduction."""
+        raise NotImplementedError
+
+    def forward(self, pred, target=None):
+        return weighted_reduce(self.per_image(pred, target), self.reduction, self.loss_weight)
+
+    def extra_repr(self):
+        return f'metric={self.metric!r}, loss_weight={self.loss_weight}, reduction={self.reduction!r}'
