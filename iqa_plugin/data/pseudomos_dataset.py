@@ -4,7 +4,7 @@ Registered in BasicSR's ``DATASET_REGISTRY`` as ``PseudoMOSDataset``. Two source
 
 * on the fly (``dataroot``): each item crops a patch from an image, distorts it ``group_size``
   times with ``iqa_plugin.distortions.DistortionEngine`` and (optionally) scores the group with the
-  ``iqa_plugin.pseudomos.PseudoMOS`` ensemble. Item ``i`` is a pure function of (``seed``, ``i``), so
+  ``iqa_plugin.pseudomos_ensemble.PseudoMOS`` ensemble. Item ``i`` is a pure function of (``seed``, ``i``), so
   results do not depend on worker count or order.
 * a cache file (``cache_file``) written by ``python -m iqa_plugin.pseudomos build`` with the same
   options: the same items, read back instead of recomputed (the ensemble is the slow part).
@@ -17,6 +17,8 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from iqa_plugin.distortions import AXES, DistortionEngine
+from iqa_plugin.pseudomos_cache import load_cache
+from iqa_plugin.pseudomos_ensemble import MEMBERS, NORMALIZATIONS, PseudoMOS, normalize_scores, resolve_members
 from iqa_plugin.utils.image import list_images, read_image
 
 
@@ -76,8 +78,6 @@ class PseudoMOSDataset(data.Dataset):
 
     # -- cache ---------------------------------------------------------------------------------
     def _init_cache(self):
-        from iqa_plugin.pseudomos import NORMALIZATIONS, load_cache, normalize_scores
-
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got '{self.normalize}'")
         d = load_cache(self.cache_file)
@@ -124,8 +124,6 @@ class PseudoMOSDataset(data.Dataset):
         self._length = int(self.opt.get('length') or 16 * len(self.paths))
         self._ensemble = None
         if self.has_pmos:
-            from iqa_plugin.pseudomos import MEMBERS, resolve_members
-
             self.ensemble_members = resolve_members(self.opt.get('members'))
             need = max(MEMBERS[m].min_size for m in self.ensemble_members)
             if self.patch_size < need:
@@ -137,8 +135,6 @@ class PseudoMOSDataset(data.Dataset):
     def _ensemble_fn(self):
         # Built lazily, so each DataLoader worker builds its own copy and nothing heavy is pickled.
         if self._ensemble is None:
-            from iqa_plugin.pseudomos import PseudoMOS
-
             self._ensemble = PseudoMOS(self.ensemble_members, normalize=self.normalize,
                                        device=self.opt.get('device', 'cpu'), batch_size=self.group_size)
         return self._ensemble
