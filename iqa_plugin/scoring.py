@@ -127,6 +127,20 @@ def factory_options(name):
         - {'device'}
 
 
+_defaults_memo = {}
+
+
+def _factory_defaults(factory):
+    """The keyword defaults of a factory (besides ``device``), memoised."""
+    if factory not in _defaults_memo:
+        import inspect
+
+        params = inspect.signature(import_factory(factory)).parameters.values()
+        _defaults_memo[factory] = {p.name: p.default for p in params
+                                   if p.default is not p.empty and p.default is not None and p.name != 'device'}
+    return _defaults_memo[factory]
+
+
 def _options(name, kwargs):
     spec = get_spec(name)
     return {**spec.defaults, **{k: v for k, v in kwargs.items() if v is not None}}
@@ -156,9 +170,12 @@ def get_cached_metric(name, device=None, **kwargs):
 
     device = torch.device(device) if device is not None else torch.device('cpu')
     opts = _options(name, kwargs)
-    # keyed by factory and options, so rows that differ only in defaults ('milo' with
-    # weights='milo-pseudomos' and 'milo-pseudomos') share one network
-    key = (get_spec(name).factory, str(device), tuple(sorted((k, repr(v)) for k, v in opts.items())))
+    # Keyed by factory and its options with the factory's own defaults filled in, so rows and callers
+    # that differ only in what they leave to a default ('milo' with weights='milo-pseudomos' and
+    # 'milo-pseudomos'; a loss and a validator) share one network.
+    factory = get_spec(name).factory
+    full = {**_factory_defaults(factory), **opts}
+    key = (factory, str(device), tuple(sorted((k, repr(v)) for k, v in full.items())))
     with _cache_lock:
         if key not in _cache:
             _cache[key] = create_metric(name, device=device, **opts)

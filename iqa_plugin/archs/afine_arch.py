@@ -487,13 +487,14 @@ class AFINE(nn.Module):
 
 
 def build_afine_scorer(device, model_type='afine_all_scale', weights='afine', weights_path=None, clip_weights_path=None,
-                       clip_weights='clip-vit-b-32', size_mode='resize', amp_dtype=None, ref_cache_mib=0, **kwargs):
+                       clip_weights='clip-vit-b-32', size_mode='resize', amp_dtype=None, ref_cache_mib=0,
+                       out_of_range='clamp', **kwargs):
     """Scoring-table factory (``afine``, ``afine_fr``, ``afine_nr``): a frozen ``AFINE`` in eval mode."""
     from iqa_plugin.scoring import freeze
 
     net = AFINE(model_type=model_type, weights=weights, weights_path=weights_path, clip_weights=clip_weights,
                 clip_weights_path=clip_weights_path, size_mode=size_mode, amp_dtype=amp_dtype,
-                ref_cache_mib=ref_cache_mib, **kwargs)
+                ref_cache_mib=ref_cache_mib, out_of_range=out_of_range, **kwargs)
     return freeze(net.to(device))
 
 

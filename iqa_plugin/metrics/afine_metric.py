@@ -1,55 +1,32 @@
-"""A-FINE validator for BasicSR: ``type: calculate_afine`` in ``val.metrics`` (set ``better: lower``).
-
-BasicSR calls ``calculate_afine(img=restored, img2=gt, **options)`` with uint8 BGR HWC arrays. The
-network is built once per (options, device) and reused (``scoring.get_cached_metric``, shared with
-``AFINELoss`` when the options match); the encodings of the references are kept between calls
-(``ref_cache_mib``).
-"""
+"""A-FINE validators for BasicSR: ``calculate_afine`` (``calculate_iqa`` with the A-FINE row of ``model_type``,
+kept so existing option files run; set nothing for ``better``: it defaults from the table in the plugin's
+models) and the pairwise (2AFC) validators of ``AFINEModel``."""
 import torch
 from basicsr.utils.registry import METRIC_REGISTRY
 
-from iqa_plugin.archs.afine_arch import MODEL_TYPES, get_frozen_afine
-from iqa_plugin.utils.image import bgr_uint8_to_tensor
-from iqa_plugin.utils.image import crop_border as _crop
+from iqa_plugin.metrics.iqa_metric import calculate_iqa
+
+
+def _afine_metric_of(model_type='afine_all_scale', **opts):
+    from iqa_plugin.losses.afine_loss import AFINELoss
+
+    name, factory_opts = AFINELoss.metric_of(model_type=model_type, **opts)
+    return name, {k: v for k, v in factory_opts.items() if k in opts or k == 'model_type'}
 
 
 @METRIC_REGISTRY.register()
-def calculate_afine(img, img2=None, model_type='afine_all_scale', crop_border=0, weights_path=None,
-                    clip_weights_path=None, weights='afine', clip_weights='clip-vit-b-32', size_mode='resize',
-                    ref_cache_mib=256, device=None, **kwargs):
-    """A-FINE of ``img`` against the reference ``img2`` (lower is better).
+def calculate_afine(img, img2=None, model_type='afine_all_scale', crop_border=0, ref_cache_mib=256, device=None,
+                    **kwargs):
+    """A-FINE (lower is better): ``calculate_iqa`` with the table row of ``model_type`` ('afine_all_scale',
+    'afine_all', 'afine_fr', 'afine_nr'); other keys (weights, weights_path, clip_weights, clip_weights_path,
+    size_mode) go to the A-FINE factory."""
+    kwargs.pop('better', None)
+    name, opts = _afine_metric_of(model_type, **kwargs)
+    return calculate_iqa(img, img2, metric=name, crop_border=crop_border, device=device, ref_cache_mib=ref_cache_mib,
+                         **opts)
 
-    Args:
-        img (ndarray): restored image, HWC BGR uint8 (BasicSR's convention).
-        img2 (ndarray | None): reference (ground truth), same size; not needed for ``afine_nr``.
-        model_type (str): 'afine_all_scale' (0-100, default), 'afine_all', 'afine_fr' or 'afine_nr'.
-        crop_border (int): pixels removed from each side of both images first.
-        weights_path, clip_weights_path (str | None): explicit ``afine.pth`` / ``ViT-B-32.pt``.
-        weights, clip_weights (str): weights-manager entries ('afine', 'clip-vit-b-32'; 'none' skips CLIP).
-        size_mode (str): 'resize' or 'reflect' for sizes that are not multiples of 32.
-        ref_cache_mib (float): MiB of reference encodings kept between calls (BasicSR scores the same
-            ground truths at every validation, so later rounds encode only the restored images);
-            about 12 MiB per 512x512 reference. 0 disables it.
-        device (str | None): default CUDA when available, else CPU.
-        **kwargs: other YAML keys (``better``, ...) are ignored.
-    Returns:
-        float: the score of the chosen term.
-    """
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"model_type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
-    if device is None:
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    net = get_frozen_afine(device, model_type=model_type, weights=weights, weights_path=weights_path,
-                           clip_weights=clip_weights, clip_weights_path=clip_weights_path, size_mode=size_mode)
-    net.ref_cache.ensure(ref_cache_mib)
-    dist = bgr_uint8_to_tensor(_crop(img, crop_border), device=device)
-    ref = None
-    if model_type != 'afine_nr':
-        if img2 is None:
-            raise ValueError(f"calculate_afine with model_type '{model_type}' needs the reference img2")
-        ref = bgr_uint8_to_tensor(_crop(img2, crop_border), device=device)
-    with torch.inference_mode():
-        return float(net.score(dist, ref)[0])
+
+calculate_afine.metric_of = _afine_metric_of
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,59 +1,26 @@
-"""Relational IQA as a BasicSR metric (``calculate_relational``) and the validation measures of
-``RelationalModel`` (``relational_map_l1``, ``relational_kendall``).
-
-BasicSR (``basicsr.metrics.calculate_metric``) calls ``calculate_relational(img=restored, img2=gt, **opt)``
-with uint8 BGR HWC arrays; the network comes from ``scoring.get_cached_metric('relational', ...)``,
-built once per (weights, device) and shared with ``iqa-plugin score`` and the SR model's tensor validator.
-"""
+"""Relational IQA as a BasicSR validator (``calculate_relational``: ``calculate_iqa`` with ``metric: relational``,
+kept so existing option files run) and the validation measures of ``RelationalModel`` (``relational_map_l1``,
+``relational_kendall``)."""
 import torch
 from basicsr.utils.registry import METRIC_REGISTRY
 
-from iqa_plugin import scoring
-from iqa_plugin.utils.image import bgr_uint8_to_tensor, crop_border as crop
+from iqa_plugin.metrics.iqa_metric import table_metric_of, calculate_iqa
 
 
-def relational_validator(device=None, weights='relational', weights_path=None):
-    """The cached ``RelationalScorer``: ``scorer(dist, ref)`` -> ordered dict of (B,) tensors."""
-    device = torch.device(device) if device is not None else torch.device('cuda' if torch.cuda.is_available()
-                                                                           else 'cpu')
-    kwargs = {'weights': weights}
-    if weights_path:
-        kwargs['weights_path'] = weights_path
-    return scoring.get_cached_metric('relational', device, **kwargs)
+def _relational_metric_of(weights='relational', weights_path=None, **_):
+    return table_metric_of('relational', weights=weights, weights_path=weights_path)
 
 
 @METRIC_REGISTRY.register()
 def calculate_relational(img, img2, crop_border=0, output='relational', weights='relational', weights_path=None,
                          device=None, input_order='HWC', **kwargs):
-    """Relational score s(restored | gt): 0 for identical images, negative otherwise, higher is better.
+    """Relational score s(restored | gt) (higher is better, 0 = identical): ``calculate_iqa`` with
+    ``metric: relational``; ``output``: 'relational', 'magnitude' or 'axis_<name>'."""
+    return calculate_iqa(img, img2, metric='relational', crop_border=crop_border, output=output, device=device,
+                         input_order=input_order, weights=weights, weights_path=weights_path)
 
-    Args:
-        img (ndarray): restored image, HWC BGR uint8 (BasicSR's convention).
-        img2 (ndarray): ground truth, same shape.
-        crop_border (int): pixels cropped from each side first.
-        output (str): 'relational' (default), 'magnitude' or 'axis_<name>' (mean signed map of one axis).
-        weights (str): weights entry, default the packaged 'relational'.
-        weights_path (str | None): explicit weights file.
-        device (str | None): default CUDA when available, else CPU.
-        input_order (str): only 'HWC'.
-        **kwargs: other YAML keys (``better``, ...) are ignored.
 
-    Returns:
-        float
-    """
-    if input_order != 'HWC':
-        raise ValueError(f"calculate_relational: input_order must be 'HWC', got {input_order!r}")
-    if img.shape != img2.shape:
-        raise ValueError(f'calculate_relational: image shapes differ: img {img.shape} vs img2 {img2.shape}')
-    scorer = relational_validator(device, weights, weights_path)
-    if output not in scorer.output_names:
-        raise ValueError(f"calculate_relational: output must be one of {', '.join(scorer.output_names)}, "
-                         f'got {output!r}')
-    img, img2 = crop(img, crop_border), crop(img2, crop_border)
-    dev = next(scorer.parameters()).device
-    with torch.no_grad():
-        out = scorer(bgr_uint8_to_tensor(img, dev), bgr_uint8_to_tensor(img2, dev))
-    return float(out[output][0])
+calculate_relational.metric_of = _relational_metric_of
 
 
 @METRIC_REGISTRY.register()
