@@ -221,3 +221,23 @@ def test_input_validation(img):
         D.DistortionEngine(types=['blurr'])
     with pytest.raises(ValueError, match='severity_range'):
         D.DistortionEngine(severity_range=(0.5, 0.2))
+
+
+def test_command_line_table():
+    """``python -m iqa_plugin.distortions --table`` (the package's __main__ -> distortions.cli) prints one row
+    per operation with the parameters of levels 1..5."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, '-m', 'iqa_plugin.distortions', '--table', '--size', '32'],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = [r for r in res.stdout.splitlines() if r.startswith('| `')]
+    assert [r.split('`')[1] for r in rows] == list(D.OPS)
+    assert 'level 5 (s=1)' in res.stdout and 'quality=5' in rows[list(D.OPS).index('jpeg')]
+
+
+def test_smooth_test_image():
+    img = D.smooth_test_image(40)
+    assert img.shape == (40, 40, 3) and img.dtype == np.float32 and 0 <= img.min() <= img.max() <= 1
+    np.testing.assert_array_equal(img, D.smooth_test_image(40))

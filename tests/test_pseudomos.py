@@ -215,6 +215,32 @@ def test_cache_build_matches_on_the_fly(image_dir, tmp_path):
         P.load_cache(tmp_path / 'bad.pt')
 
 
+
+def test_cache_io(tmp_path):
+    """save_cache / load_cache round trip, atomic write, and the checks both share (pseudomos_cache)."""
+    from iqa_plugin.pseudomos_cache import CACHE_FORMAT, load_cache, save_cache, to_uint8
+
+    g, n, m = 2, 3, 2
+    data = {'ref': to_uint8(torch.rand(g, 3, 16, 16)), 'dist': to_uint8(torch.rand(g, n, 3, 16, 16)),
+            'raw': torch.rand(g, n, m), 'tier': torch.arange(n).repeat(g, 1), 'chain': torch.zeros(g, n).long(),
+            'members': ['nlpd', 'gmsd'], 'axes': list(D.AXES)}
+    out = save_cache(data, tmp_path / 'sub' / 'c.pt')
+    assert out.is_file() and not (tmp_path / 'sub' / 'c.pt.part').exists()
+    back = load_cache(out)
+    assert back['format'] == CACHE_FORMAT and back['members'] == data['members']
+    assert torch.equal(back['dist'], data['dist']) and torch.equal(back['raw'], data['raw'])
+    assert P.load_cache is load_cache and P.CACHE_FORMAT == CACHE_FORMAT  # the public names stay in pseudomos
+    assert torch.equal(to_uint8(torch.tensor([-0.5, 0.0, 0.6 / 255, 1.0, 2.0])),
+                       torch.tensor([0, 0, 1, 255, 255], dtype=torch.uint8))
+    with pytest.raises(ValueError, match='lacks keys: chain'):
+        save_cache({k: v for k, v in data.items() if k != 'chain'}, tmp_path / 'x.pt')
+    with pytest.raises(ValueError, match='inconsistent shapes'):
+        save_cache(dict(data, raw=torch.rand(g, n, m + 1)), tmp_path / 'x.pt')
+    assert not (tmp_path / 'x.pt').exists()
+    (tmp_path / 'junk.pt').write_bytes(b'not a torch file')
+    with pytest.raises(ValueError, match='cannot read pseudo-MOS cache'):
+        load_cache(tmp_path / 'junk.pt')
+
 @pytest.mark.skipif(not (SHARED / 'data' / 'val' / 'Set5' / 'HR').is_dir(), reason='../shared/data/val/Set5 absent')
 def test_dataset_on_shared_images():
     from basicsr.data import build_dataset

@@ -36,11 +36,13 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-from iqa_plugin.utils.image import read_image
+from iqa_plugin.distortions import DistortionEngine, image_to_tensor, tensor_to_image
+from iqa_plugin.utils.image import list_images, read_image
 
 _ALIASES = {
     'ref': ('ref', 'reference', 'ref_path'),
@@ -164,9 +166,6 @@ class PairwiseIQADataset(data.Dataset):
                              'or synthetic: {} with a dataroot of clean images')
 
     def _init_synthetic(self, opt):
-        from iqa_plugin.distortions import DistortionEngine
-        from iqa_plugin.utils.image import list_images
-
         cfg = dict(self.synthetic or {})
         unknown = set(cfg) - {'max_ops', 'seed', 'types'}
         if unknown:
@@ -187,10 +186,6 @@ class PairwiseIQADataset(data.Dataset):
         return len(self.records) if self.records is not None else len(self.paths)
 
     def _synthetic_item(self, index):
-        import numpy as np
-
-        from iqa_plugin.distortions import image_to_tensor, tensor_to_image
-
         rng = np.random.default_rng(random.getrandbits(63) if self.train else self.seed * 1000003 + index)
         path = self.paths[index]
         ref = read_image(path)[0]
