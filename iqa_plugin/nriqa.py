@@ -31,11 +31,8 @@ no-grad batched pass and returns (B, N) scores oriented higher = better.
 """
 import contextlib
 import os
-import shutil
-import tempfile
 import threading
 import types
-import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,51 +55,55 @@ from iqa_plugin.utils.image import prepare_image
 class WeightFile:
     """One published file a metric needs: where pyiqa (or torch.hub / CLIP) caches it."""
     url: str
-    subdir: str = 'pyiqa'  # folder under torch.hub.get_dir()
+    subdir: str = 'pyiqa'  # folder under the torch hub folder (iqa_plugin.weights.torch_hub_dir)
 
     @property
     def filename(self):
         return os.path.basename(urlparse(self.url).path)
 
     def expected_path(self):
-        """``$TORCH_HOME/hub/<subdir>/<filename>``, evaluated now (follows TORCH_HOME)."""
-        return Path(torch.hub.get_dir()) / self.subdir / self.filename
+        """``<torch hub>/<subdir>/<filename>``, evaluated now (follows TORCH_HOME)."""
+        return wm.torch_hub_dir() / self.subdir / self.filename
+
+    def search_paths(self):
+        """Where it is looked for, in order: ``$IQA_PLUGIN_WEIGHTS_DIR``, then pyiqa's cache."""
+        return wm.search_paths(self.filename, self.expected_path().parent)
 
 
-def _missing_message(metric, wf, reason):
-    return (f"weights for '{metric}' {reason}: {wf.filename} is expected at {wf.expected_path()} "
-            f"(download {wf.url} and put it there or in $IQA_PLUGIN_WEIGHTS_DIR, or pass weights_path=...; "
-            'pretrained=False builds the network with random weights)')
+_MISSING_HINT = 'pretrained=False builds the network with random weights'
 
 
 def resolve_file(metric, wf, allow_download=True):
-    """Local path of ``wf``: ``$IQA_PLUGIN_WEIGHTS_DIR``, then the cache, then a download."""
-    candidates = []
-    if os.environ.get('IQA_PLUGIN_WEIGHTS_DIR'):
-        candidates.append(Path(os.environ['IQA_PLUGIN_WEIGHTS_DIR']) / wf.filename)
-    candidates.append(wf.expected_path())
-    for p in candidates:
-        if p.is_file() and p.stat().st_size > 0:
-            return p
-    if not allow_download or wm.is_offline():
-        raise wm.WeightsError(_missing_message(metric, wf, 'not found offline (IQA_PLUGIN_OFFLINE=1)'
-                                               if wm.is_offline() else 'not found'))
-    dest = wf.expected_path()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=wf.filename + '.', suffix='.part', dir=dest.parent)
-    os.close(fd)
-    try:
-        try:
-            with urllib.request.urlopen(wf.url, timeout=60) as r, open(tmp, 'wb') as f:
-                shutil.copyfileobj(r, f)
-        except Exception as e:  # every network failure means the same to the user
-            raise wm.WeightsError(_missing_message(metric, wf, f'not found and the download failed '
-                                                   f'({e.__class__.__name__})')) from e
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dest
+    """Local path of ``wf`` (``WeightFile.search_paths``), else downloaded into pyiqa's cache by
+    ``iqa_plugin.weights.download_file`` (pyiqa publishes no hashes, so none is checked).
+
+    Raises ``WeightsError`` (one line: file, URL, paths searched) when it is missing and cannot be
+    downloaded (``allow_download=False``, ``IQA_PLUGIN_OFFLINE=1`` or a failed download)."""
+    searched = wf.search_paths()
+    found = wm.first_file(searched)
+    if found is not None:
+        return wm.check_file(found)
+    what = f"weights for '{metric}'"
+    if not allow_download:
+        raise wm.WeightsError(wm.missing_message(what, wf.filename, wf.url, searched, 'locally', _MISSING_HINT))
+    return wm.download_file(wf.url, wf.expected_path(), what=what, searched=searched, hint=_MISSING_HINT)
+
+
+def locate_files(metric_name):
+    """Which of ``metric_name``'s published files are here now; never downloads.
+
+    Returns ``(found, missing)``: ``found`` a list of paths, ``missing`` a list of
+    ``(WeightFile, [paths searched])``.
+    """
+    found, missing = [], []
+    for wf in metric_info(metric_name).files():
+        searched = wf.search_paths()
+        path = wm.first_file(searched)
+        if path is None:
+            missing.append((wf, searched))
+        else:
+            found.append(path)
+    return found, missing
 
 
 def read_weights(path):
@@ -123,11 +124,7 @@ def read_weights(path):
     else:
         sd = wm.load_state_dict(path)
     if isinstance(sd, dict):
-        for key in ('params', 'state_dict'):
-            if key in sd and isinstance(sd[key], dict):
-                sd = sd[key]
-                break
-        sd = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in sd.items())
+        sd, _ = wm.unwrap_state_dict(sd, path, wrappers=('params', 'state_dict'))
     return sd
 
 

@@ -168,16 +168,17 @@ def test_tiny_training_decreases_loss(tmp_path, tiny_batch, model_type, net):
 def test_export_keeps_other_manifest_entries(tmp_path):
     from iqa_plugin.export_weights import export
 
-    (tmp_path / 'manifest.json').write_text(json.dumps({'relational.pth': {'sha256': 'abc'}}))
+    other = dict(wm.read_manifest()['relational.pth'])
+    (tmp_path / 'manifest.json').write_text(json.dumps({'relational.pth': other}))
     log = tmp_path / 'run.log'
     log.write_text('training log\n')
     src = wm.PACKAGE_WEIGHTS_DIR / 'nr_lite.pth'
     dest, record = export('nr-lite', src, log=log, command='iqa-plugin train -opt x.yml', out_dir=tmp_path)
     data = json.loads((tmp_path / 'manifest.json').read_text())
-    assert data['relational.pth'] == {'sha256': 'abc'}
+    assert data['relational.pth'] == other
     assert data['nr_lite.pth']['sha256'] == wm.sha256sum(dest) == record['sha256']
     assert (tmp_path / 'nr_lite_train.log').read_text() == 'training log\n'
-    with pytest.raises(wm.WeightsError, match='not a MILO state dict'):
-        export('milo-pseudomos', src, out_dir=tmp_path)
+    with pytest.raises(wm.WeightsError, match="fit the 'milo-pseudomos' network"):
+        export('milo-pseudomos', src, log=log, command='c', out_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match='checkpoint not found'):
-        export('nr-lite', tmp_path / 'missing.pth', out_dir=tmp_path)
+        export('nr-lite', tmp_path / 'missing.pth', log=log, command='c', out_dir=tmp_path)
