@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import write_tiny_options
@@ -35,6 +36,26 @@ def test_pyiqa_create_metric_gives_plugin_metric(shared_dir):
     d = dist.clone().requires_grad_(True)
     loss(d, ref).backward()
     assert torch.isfinite(d.grad).all() and d.grad.abs().sum() > 0
+
+
+def test_optional_import_broken_package_warns(tmp_path, monkeypatch):
+    """Absent: skipped quietly. Installed but broken: skipped with a warning naming it and the reason."""
+    from integrations.train_realesrgan_style import import_optional
+
+    pkg = tmp_path / 'broken_optional_pkg_xyz'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text('import missing_dependency_of_optional_xyz\n')
+    (tmp_path / 'raising_optional_pkg_xyz.py').write_text("raise AttributeError('module has no attribute foo')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(RuntimeWarning) as rec:
+        found = import_optional(('json', 'no_such_package_xyz', 'broken_optional_pkg_xyz', 'raising_optional_pkg_xyz'))
+    assert found == ['json']
+    msgs = [str(w.message) for w in rec]
+    assert len(msgs) == 2, msgs
+    assert 'broken_optional_pkg_xyz' in msgs[0] and 'ModuleNotFoundError' in msgs[0]
+    assert 'missing_dependency_of_optional_xyz' in msgs[0]  # the reason: the dependency that failed
+    assert 'raising_optional_pkg_xyz' in msgs[1] and 'AttributeError: module has no attribute foo' in msgs[1]
+    assert not any('no_such_package_xyz' in m for m in msgs)  # not installed: no warning
 
 
 def test_realesrgan_style_train_script(tmp_path, tiny_sr):

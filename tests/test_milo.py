@@ -97,8 +97,8 @@ def test_pseudomos_missing_is_clear(monkeypatch, tmp_path):
 
 def test_pseudomos_packaged():
     from iqa_plugin.weights import PACKAGE_WEIGHTS_DIR
-    if not (PACKAGE_WEIGHTS_DIR / 'milo_pseudomos.pth').is_file():
-        pytest.skip('milo_pseudomos.pth is not packaged yet')
+    shipped = PACKAGE_WEIGHTS_DIR / 'milo_pseudomos.pth'
+    assert shipped.is_file(), f'shipped weights file missing: {shipped} (committed in iqa_plugin/weights/)'
     scorer = scoring.create_metric('milo-pseudomos')
     dist, ref = _pair(2, 32, 32)
     out = scorer(dist, ref)
