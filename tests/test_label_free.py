@@ -8,8 +8,8 @@ import torch
 
 import iqa_plugin  # noqa: F401
 from iqa_plugin import weights as wm
-from iqa_plugin.label_free import (correlation_report, group_plcc_loss, pairwise_rank_loss, plcc,
-                                   random_crop_group, srcc)
+from iqa_plugin.label_free import random_crop_group
+from iqa_plugin.utils.ranking import correlation_report, group_plcc_loss, pairwise_rank_loss, plcc, srcc
 from iqa_plugin.scoring import create_metric
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_tiny_training_decreases_loss(tmp_path, tiny_batch, model_type, net):
     assert np.isfinite(losses).all()
     assert np.mean(losses[-2:]) < losses[0], losses
     model.save(0, 8)
-    plain = tmp_path / f'{model.export_prefix}_8.pth'
+    plain = tmp_path / f'{model.plain_prefix}_8.pth'
     assert plain.is_file() and (tmp_path / 'net_g_8.pth').is_file()
     # the plain export loads through the scoring table's factory
     name = 'milo-pseudomos' if model_type == 'MILOPseudoMOSModel' else 'nr-lite'

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import iqa_plugin  # noqa: F401  (registries)
-from iqa_plugin.label_free import correlation_report, plcc, srcc
+from iqa_plugin.utils.ranking import correlation_report, plcc, srcc
 from iqa_plugin.scoring import create_metric
 
 

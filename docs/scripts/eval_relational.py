@@ -31,7 +31,7 @@ import iqa_plugin  # noqa: E402,F401
 from iqa_plugin.archs.relational_arch import build_relational_scorer  # noqa: E402
 from iqa_plugin.data.relational_dataset import RelationalTripletDataset  # noqa: E402
 from iqa_plugin.distortions import AXES  # noqa: E402
-from iqa_plugin.models.relational_model import kendall_tau  # noqa: E402
+from iqa_plugin.utils.ranking import kendall_tau  # noqa: E402
 
 SHARED = REPO.parent / 'shared'
 HELD_OUT = [SHARED / 'data' / 'train' / 'CSun_Hays80', SHARED / 'data' / 'val' / 'Set14' / 'HR']

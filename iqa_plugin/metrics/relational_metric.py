@@ -34,7 +34,7 @@ def relational_map_l1(maps_pred, maps_true, **kwargs):
 @METRIC_REGISTRY.register()
 def relational_kendall(scores, order, **kwargs):
     """Mean Kendall tau-a between scores (B, T) and a quality order (B, T) (higher = better in both)."""
-    from iqa_plugin.models.relational_model import kendall_tau
+    from iqa_plugin.utils.ranking import kendall_tau
 
     scores, order = torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(order, dtype=torch.float64)
     if scores.shape != order.shape or scores.ndim != 2:

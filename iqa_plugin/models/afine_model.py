@@ -37,19 +37,16 @@ loss and validator load with ``weights_path=``.
 """
 import math
 from collections import OrderedDict
-from os import path as osp
 
 import torch
 from basicsr.archs import build_network
-from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
-from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
-from iqa_plugin.utils.val_log import record_validation
 from iqa_plugin import weights as weights_mod
 from iqa_plugin.archs.afine_arch import AFINE_KEYS, Encoded, fidelity_loss, thurstone_prob
 from iqa_plugin.metrics.afine_metric import calculate_2afc_accuracy
+from iqa_plugin.models.metric_train_base import MetricTrainModel
 
 STAGES = (1, 2, 3)
 # validators that take the scores of the whole validation set: (d1, d2, label) -> float
@@ -57,8 +54,9 @@ _DEFAULT_BETTER = {'calculate_2afc_accuracy': 'higher', 'calculate_pairwise_fide
 
 
 @MODEL_REGISTRY.register()
-class AFINEModel(BaseModel):
+class AFINEModel(MetricTrainModel):
     """Three-stage pairwise training of A-FINE (see the module docstring)."""
+    plain_prefix = 'afine'
 
     def __init__(self, opt):
         super().__init__(opt)
@@ -120,27 +118,18 @@ class AFINEModel(BaseModel):
         if train_opt.get('scheduler'):
             self.setup_schedulers()
 
-    def get_optimizer(self, optim_type, params, lr, **kwargs):
-        """Any ``torch.optim`` optimizer by name (BasicSR 1.4.2 only knows Adam)."""
-        if not hasattr(torch.optim, optim_type):
-            raise ValueError(f"unknown optimizer type '{optim_type}' (a torch.optim class name, e.g. AdamW)")
-        return getattr(torch.optim, optim_type)(params, lr, **kwargs)
-
     def setup_optimizers(self):
         train_opt = self.opt['train']
-        optim_opt = dict(train_opt.get('optim') or {'type': 'AdamW', 'lr': 1e-4})
+        optim_opt = train_opt.get('optim') or {'type': 'AdamW', 'lr': 1e-4}
         clip_opt = train_opt.get('optim_clip')
         net = self.net_afine
         head_params, clip_params = [], []
         for m in self._stage_modules():
             (clip_params if m is net.clip else head_params).extend(p for p in m.parameters() if p.requires_grad)
         if clip_opt and clip_params:
-            clip_opt = dict(clip_opt)
-            self.optimizers.append(self.get_optimizer(clip_opt.pop('type', optim_opt.get('type', 'AdamW')),
-                                                      clip_params, **clip_opt))
+            self.optimizers.append(self.build_optimizer(clip_opt, clip_params, optim_opt.get('type', 'AdamW')))
             clip_params = []
-        optim_type = optim_opt.pop('type', 'AdamW')
-        self.optimizers.insert(0, self.get_optimizer(optim_type, head_params + clip_params, **optim_opt))
+        self.optimizers.insert(0, self.build_optimizer(optim_opt, head_params + clip_params, 'AdamW'))
 
     # ------------------------------------------------------------------ data
     def feed_data(self, data):
@@ -194,18 +183,10 @@ class AFINEModel(BaseModel):
         return out
 
     def optimize_parameters(self, current_iter):
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+        self.zero_grad()
         scores = self.stage_scores(grad=True)
-        loss_dict = self.losses(scores)
-        l_total = sum(loss_dict.values())
-        l_total.backward()
-        for opt in self.optimizers:
-            opt.step()
+        self.apply_losses(self.losses(scores), current_iter)
         acc = calculate_2afc_accuracy(scores['d1'], scores['d2'], self.label)
-        log = OrderedDict((k, v.detach()) for k, v in loss_dict.items())
-        log['l_total'] = l_total.detach()
-        self.log_dict = self.reduce_loss_dict(log)
         if not math.isnan(acc):
             self.log_dict['train_acc'] = acc
 
@@ -219,10 +200,6 @@ class AFINEModel(BaseModel):
         return self.output
 
     # ------------------------------------------------------------------ validation
-    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        if self.opt.get('rank', 0) == 0:
-            self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
-
     def evaluate(self, dataloader):
         """Scores of the current stage over ``dataloader``: dict of (N,) CPU tensors d1, d2, label."""
         d1, d2, labels = [], [], []
@@ -246,22 +223,13 @@ class AFINEModel(BaseModel):
             fn = METRIC_REGISTRY.get(m.pop('type'))
             self.metric_results[name] = float(fn(**data, **m))
         n = int((data['label'] != 0.5).sum())
-        record_validation(self, dataset_name, current_iter, tb_logger,
-                          f'Validation {dataset_name} (stage {self.stage}, {len(data["label"])} pairs, {n} untied)')
+        self.record_validation(dataset_name, current_iter, tb_logger,
+                               f'Validation {dataset_name} (stage {self.stage}, {len(data["label"])} pairs, {n} untied)')
 
-    def get_current_visuals(self):
-        return OrderedDict()
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_networks(self):
+        return [(self.net_afine, 'net_afine', 'params')]
 
-    # ------------------------------------------------------------------ saving
-    @master_only
-    def save_afine_layout(self, current_iter):
-        """Write ``afine_<iter>.pth`` in the published layout (loadable with ``weights_path=``)."""
-        tag = 'latest' if current_iter == -1 else current_iter
-        path = osp.join(self.opt['path']['models'], f'afine_{tag}.pth')
-        torch.save(self.net_afine.afine_state_dict(), path)
-        return path
-
-    def save(self, epoch, current_iter):
-        self.save_network(self.net_afine, 'net_afine', current_iter)
-        self.save_afine_layout(current_iter)
-        self.save_training_state(epoch, current_iter)
+    def plain_state_dict(self):
+        """``afine_<iter>.pth`` in the published ``afine.pth`` layout (loadable with ``weights_path=``)."""
+        return self.net_afine.afine_state_dict()

@@ -24,7 +24,7 @@ Options::
       rank_min_gap: 0.05       # pseudo-MOS gaps below this count as ties
       plcc_weight: 0.5
       raw_rank_weight: 0.5
-      ema_decay: 0.95, augment: true, crop_size: 40, optim_g, scheduler, total_iter (see ``LabelFreeModel``)
+      ema_decay: 0.95, augment: true, crop_size: 40, optim_g, scheduler, total_iter (see ``iqa_plugin.models.label_free_base.LabelFreeModel``)
     val: {val_freq: N, save_img: false}   # logs srcc / plcc / srcc_group / srcc_tier vs pseudo-MOS
 
 Checkpoints: ``net_g_<iter>.pth`` (BasicSR layout, ``params`` and ``params_ema``) and
@@ -37,7 +37,9 @@ from collections import OrderedDict
 
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from iqa_plugin.label_free import LabelFreeModel, group_plcc_loss, pairwise_rank_loss
+from iqa_plugin.export_weights import plain_weights
+from iqa_plugin.models.label_free_base import LabelFreeModel
+from iqa_plugin.utils.ranking import group_plcc_loss, pairwise_rank_loss
 
 
 def milo_group_scores(net, ref, dist):
@@ -53,7 +55,7 @@ def milo_group_scores(net, ref, dist):
 class MILOPseudoMOSModel(LabelFreeModel):
     """MILO trained on pseudo-MOS groups (see the module docstring)."""
     arch_defaults = {'type': 'MILO', 'in_channels': 3, 'weights': None}
-    export_prefix = 'milo_pseudomos'
+    plain_prefix = 'milo_pseudomos'
 
     def init_training_settings(self):
         super().init_training_settings()
@@ -84,4 +86,4 @@ class MILOPseudoMOSModel(LabelFreeModel):
     @staticmethod
     def export_state_dict(net):
         """Plain state dict, official MILO key layout, CPU float32 tensors."""
-        return OrderedDict((k, v.detach().float().cpu().clone()) for k, v in net.state_dict().items())
+        return plain_weights(net)

@@ -27,7 +27,7 @@ Options::
       ref_target: 0.9
       rank_sigma: 1.0          # logistic slope on logit differences
       rank_min_gap: 0.05
-      ema_decay, augment, optim_g, scheduler, total_iter (see ``iqa_plugin.label_free.LabelFreeModel``)
+      ema_decay, augment, optim_g, scheduler, total_iter (see ``iqa_plugin.models.label_free_base.LabelFreeModel``)
     val: {val_freq: N, save_img: false}   # logs srcc / plcc / srcc_group / srcc_tier vs pseudo-MOS
 
 Checkpoints: ``net_g_<iter>.pth`` (BasicSR layout) and ``nr_lite_<iter>.pth``, a plain state dict
@@ -40,7 +40,9 @@ from collections import OrderedDict
 import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from iqa_plugin.label_free import LabelFreeModel, pairwise_rank_loss
+from iqa_plugin.export_weights import plain_weights
+from iqa_plugin.models.label_free_base import LabelFreeModel
+from iqa_plugin.utils.ranking import pairwise_rank_loss
 
 
 def content_free_target(raw):
@@ -73,7 +75,7 @@ def variance_preserving_init(net, slope=0.2):
 class NRLiteModel(LabelFreeModel):
     """NRLite trained on pseudo-MOS groups (see the module docstring)."""
     arch_defaults = {'type': 'NRLite'}
-    export_prefix = 'nr_lite'
+    plain_prefix = 'nr_lite'
 
     def init_training_settings(self):
         init = self.opt['train'].get('init', 'kaiming')
@@ -126,6 +128,4 @@ class NRLiteModel(LabelFreeModel):
     @staticmethod
     def export_state_dict(net):
         """Plain state dict (CPU float32) plus ``config``: the ``NRLite`` constructor arguments."""
-        sd = OrderedDict((k, v.detach().float().cpu().clone()) for k, v in net.state_dict().items())
-        sd['config'] = net.config()
-        return sd
+        return plain_weights(net, net.config())

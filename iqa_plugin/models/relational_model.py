@@ -44,16 +44,15 @@ that ``build_relational_scorer(weights_path=...)`` loads (the format of the pack
 ``iqa_plugin/weights/relational.pth``).
 """
 from collections import OrderedDict
-from os import path as osp
 
 import torch
 from basicsr.archs import build_network
-from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
-from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from iqa_plugin.utils.val_log import record_validation
+from iqa_plugin.export_weights import plain_weights
+from iqa_plugin.models.metric_train_base import MetricTrainModel
+from iqa_plugin.utils.ranking import kendall_tau, listmle_loss
 
 STAGES = (1, 2)
 MAP_LOSSES = ('l1', 'mse', 'l1+mse')
@@ -77,26 +76,10 @@ def map_error(pred, target, kind='l1'):
 _VAL_TYPES = {'relational_map_l1': 'lower', 'relational_kendall': 'higher'}  # iqa_plugin.metrics.relational_metric
 
 
-def listmle_loss(scores):
-    """ListMLE for scores (B, T) whose true order is column 0 (best) to T-1 (worst): (B,) losses."""
-    rev = torch.flip(scores, dims=[1])
-    tail_lse = torch.flip(torch.logcumsumexp(rev, dim=1), dims=[1])  # logsumexp(s_t..s_{T-1})
-    return (tail_lse - scores).sum(1)
-
-
-def kendall_tau(scores, order):
-    """Kendall tau-a between ``scores`` (B, T) and a quality order (B, T) (higher = better): (B,)."""
-    ds = scores[:, :, None] - scores[:, None, :]
-    do = order[:, :, None] - order[:, None, :]
-    t = scores.shape[1]
-    iu = torch.triu_indices(t, t, 1)
-    prod = torch.sign(ds[:, iu[0], iu[1]]) * torch.sign(do[:, iu[0], iu[1]])
-    return prod.mean(1)
-
-
 @MODEL_REGISTRY.register()
-class RelationalModel(BaseModel):
+class RelationalModel(MetricTrainModel):
     """Stage 1 (maps) or stage 2 (ranking) training of ``RelationalIQANet`` (see the module docstring)."""
+    plain_prefix = 'relational'
 
     def __init__(self, opt):
         super().__init__(opt)
@@ -130,11 +113,8 @@ class RelationalModel(BaseModel):
             return
         from iqa_plugin import weights as weights_mod
 
-        sd = weights_mod.load_state_dict(weights_mod.resolve('relational', path))
-        for key in ('params_ema', 'params'):
-            if isinstance(sd.get(key), dict):
-                sd = sd[key]
-                break
+        sd, _ = weights_mod.unwrap_state_dict(weights_mod.load_state_dict(weights_mod.resolve('relational', path)),
+                                              path, ('params_ema', 'params'))
         missing, unexpected = self.net.load_state_dict(sd, strict=False)
         get_root_logger().info(f'Loaded RelationalIQANet from {path} (non-strict; missing: {missing or "none"}, '
                                f'unexpected: {unexpected or "none"})')
@@ -154,11 +134,8 @@ class RelationalModel(BaseModel):
         for p in self.net.score.parameters():
             p.requires_grad_(self.stage == 2)
         params = [p for p in self.net_rel.parameters() if p.requires_grad]
-        optim_opt = dict(train_opt.get('optim') or {'type': 'AdamW', 'lr': 1e-3})
-        optim_type = optim_opt.pop('type', 'AdamW')
-        if not hasattr(torch.optim, optim_type):
-            raise ValueError(f"unknown optimizer type '{optim_type}' (a torch.optim class name, e.g. AdamW)")
-        self.optimizer = getattr(torch.optim, optim_type)(params, **optim_opt)
+        self.optimizer = self.build_optimizer(train_opt.get('optim') or {'type': 'AdamW', 'lr': 1e-3}, params,
+                                              default_type='AdamW')
         self.optimizers.append(self.optimizer)
         if train_opt.get('scheduler'):
             self.setup_schedulers()
@@ -221,27 +198,17 @@ class RelationalModel(BaseModel):
         return -self.tier.to(self.dist.device).float()
 
     def optimize_parameters(self, current_iter):
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_grad()
         if self.stage == 1:
-            loss_dict = self.stage1_losses()
-        else:
-            quality = self.quality_order()
-            order = torch.argsort(quality, dim=1, descending=True, stable=True)  # best first
-            scores = self.tier_scores()
-            loss_dict = OrderedDict(l_listmle=listmle_loss(scores.gather(1, order)).mean())
-        l_total = sum(loss_dict.values())
-        l_total.backward()
-        self.optimizer.step()
-        log = OrderedDict((k, v.detach()) for k, v in loss_dict.items())
-        if self.stage == 2:
-            log['train_tau'] = kendall_tau(scores.detach(), quality).mean()
-        self.log_dict = self.reduce_loss_dict(log)
+            self.apply_losses(self.stage1_losses(), current_iter)
+            return
+        quality = self.quality_order()
+        order = torch.argsort(quality, dim=1, descending=True, stable=True)  # best first
+        scores = self.tier_scores()
+        loss_dict = OrderedDict(l_listmle=listmle_loss(scores.gather(1, order)).mean())
+        self.apply_losses(loss_dict, current_iter, {'train_tau': kendall_tau(scores.detach(), quality).mean()})
 
     # ------------------------------------------------------------------ validation
-    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        if self.opt.get('rank', 0) == 0:
-            self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
-
     @torch.no_grad()
     def evaluate(self, dataloader):
         """{'relational_map_l1': mean |P(dist, ref) - maps|, 'relational_kendall': mean tau} on ``dataloader``."""
@@ -274,21 +241,12 @@ class RelationalModel(BaseModel):
             m.setdefault('better', _VAL_TYPES[m['type']])
         values = self.evaluate(dataloader)
         self.metric_results = {name: values[m['type']] for name, m in metrics.items()}
-        record_validation(self, dataset_name, current_iter, tb_logger, f'Validation {dataset_name} (stage {self.stage})')
+        self.record_validation(dataset_name, current_iter, tb_logger, f'Validation {dataset_name} (stage {self.stage})')
 
-    def get_current_visuals(self):
-        return OrderedDict()
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_networks(self):
+        return [(self.net_rel, 'net_rel', 'params')]
 
-    # ------------------------------------------------------------------ saving
-    @master_only
-    def save_plain(self, current_iter):
-        """Write ``relational_<iter>.pth``: the plain state dict the scorer loads."""
-        tag = 'latest' if current_iter == -1 else current_iter
-        path = osp.join(self.opt['path']['models'], f'relational_{tag}.pth')
-        torch.save({k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}, path)
-        return path
-
-    def save(self, epoch, current_iter):
-        self.save_network(self.net_rel, 'net_rel', current_iter)
-        self.save_plain(current_iter)
-        self.save_training_state(epoch, current_iter)
+    def plain_state_dict(self):
+        """``relational_<iter>.pth``: the plain state dict the scorer loads (``relational.pth`` format)."""
+        return plain_weights(self.net)
