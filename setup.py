@@ -15,8 +15,11 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['iqa_plugin', 'iqa_plugin.*']),
+    # iqa_plugin/weights/ and iqa_plugin/configs/ are data folders of package iqa_plugin (next to the module
+    # iqa_plugin/weights.py), not packages: they ship through package_data alone. include_package_data=True
+    # would make setuptools treat them as unlisted packages ("Package 'iqa_plugin.weights' is absent").
     package_data={'iqa_plugin': ['weights/*.pth', 'weights/*.json', 'weights/*.log', 'configs/*.yml']},
-    include_package_data=True,
+    include_package_data=False,
     install_requires=[
         'basicsr==1.4.2',
         'torch>=2.0',
