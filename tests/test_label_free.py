@@ -182,3 +182,33 @@ def test_export_keeps_other_manifest_entries(tmp_path):
         export('milo-pseudomos', src, log=log, command='c', out_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match='checkpoint not found'):
         export('nr-lite', tmp_path / 'missing.pth', log=log, command='c', out_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------------------- shared model base
+def test_metric_train_base_optimizer_step_and_validation_record():
+    from iqa_plugin.models.metric_train_base import MetricTrainModel
+
+    model = MetricTrainModel({'num_gpu': 0, 'is_train': True, 'dist': False,
+                              'val': {'metrics': {'err': {'better': 'lower'}}}})
+    w = torch.nn.Parameter(torch.ones(3))
+    block = {'type': 'SGD', 'lr': 0.5, 'momentum': 0.0}
+    opt = model.build_optimizer(block, [w])
+    assert isinstance(opt, torch.optim.SGD) and block['type'] == 'SGD'  # the option block is not consumed
+    assert isinstance(model.build_optimizer({'lr': 1e-3}, [w]), torch.optim.Adam)
+    for bad in ('Nope', 'Optimizer', 'lr_scheduler'):
+        with pytest.raises(ValueError, match=f"unknown optimizer type '{bad}'"):
+            model.get_optimizer(bad, [w], 1e-3)
+    model.optimizers.append(opt)
+    model.zero_grad()
+    model.apply_losses({'l_a': (w * w).sum(), 'l_b': w.sum()}, 1)  # grad 2w + 1 = 3
+    assert torch.allclose(w.detach(), torch.full((3,), -0.5))
+    assert set(model.log_dict) == {'l_a', 'l_b', 'l_total'} and model.log_dict['l_total'] == pytest.approx(6.0)
+    model.zero_grad()
+    with pytest.raises(FloatingPointError, match="'l_a': nan"):
+        model.apply_losses({'l_a': w.sum() * float('nan')}, 2)
+    for it, (err, acc) in enumerate([(0.5, 0.2), (0.7, 0.9), (0.6, 0.1)], 1):
+        model.metric_results = {'err': err, 'acc': acc}
+        model.record_validation('val', it, None, 'Validation val')
+    best = model.best_metric_results['val']
+    assert (best['err']['better'], best['err']['val'], best['err']['iter']) == ('lower', 0.5, 1)
+    assert (best['acc']['better'], best['acc']['val'], best['acc']['iter']) == ('higher', 0.9, 2)

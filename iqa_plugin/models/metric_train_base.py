@@ -38,7 +38,7 @@ class MetricTrainModel(BaseModel):
     def get_optimizer(self, optim_type, params, lr, **kwargs):
         """Any ``torch.optim`` optimizer by class name (``Adam``, ``AdamW``, ``SGD``, ...)."""
         cls = getattr(torch.optim, str(optim_type), None)
-        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
             raise ValueError(f"unknown optimizer type '{optim_type}' (a torch.optim class name, e.g. AdamW)")
         return cls(params, lr, **kwargs)
 
@@ -62,7 +62,7 @@ class MetricTrainModel(BaseModel):
         total = sum(loss_dict.values())
         if not torch.isfinite(total):
             raise FloatingPointError(f'non-finite training loss at iter {current_iter}: '
-                                     f'{ {k: float(v) for k, v in loss_dict.items()} }')
+                                     f"{ {k: float(v.detach()) for k, v in loss_dict.items()} }")
         total.backward()
         for optimizer in self.optimizers:
             optimizer.step()
