@@ -73,7 +73,14 @@ class FrozenIQALoss(nn.Module):
         """(B,) loss per image before ``loss_weight`` and the reduction."""
         raise NotImplementedError
 
-    def forward(self, pred, target=None):
+    def forward(self, pred, target=None, weight=None):
+        """``pred``, ``target``: (B, C, H, W) -> scalar, or (B,) with ``reduction='none'``.
+
+        ``weight`` is accepted for BasicSR's loss signature; spatial weights are not supported (each of
+        these losses weighs pixels through its own network) and raise ValueError.
+        """
+        if weight is not None:
+            raise ValueError(f'{type(self).__name__} does not take spatial weights (weight=...)')
         return weighted_reduce(self.per_image(pred, target), self.reduction, self.loss_weight)
 
     def extra_repr(self):

@@ -55,6 +55,3 @@ class NRIQALoss(FrozenIQALoss):
     def per_image(self, pred, target=None):
         scorer = self.frozen_scorer(pred.device)
         return self.normalise(scorer(pred)[scorer.output_names[0]])
-
-    def forward(self, pred, target=None, **kwargs):
-        return super().forward(pred, target)
