@@ -19,6 +19,17 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from iqa_plugin.models.iqa_mixins import IQAModelMixin
 
 
+class ContiguousOutput(torch.nn.Module):
+    """Calls the wrapped module and returns its output as a contiguous tensor."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs).contiguous()
+
+
 @MODEL_REGISTRY.register()
 class IQASRGANModel(IQAModelMixin, SRGANModel):
     """SRGANModel + IQA losses, tensor validators, checkpoint selection."""
@@ -44,7 +55,9 @@ class IQARealESRGANModel(IQAModelMixin, RealESRGANModel):
 
     def __init__(self, opt):
         SRGANModel.__init__(self, opt)  # RealESRGANModel.__init__ minus its .cuda() calls:
-        self.jpeger = DiffJPEG(differentiable=False).to(self.device)  # simulate JPEG compression artifacts
+        # simulate JPEG compression artifacts; contiguous output: on the CPU DiffJPEG returns a strided tensor
+        # that BasicSR's filter2D cannot .view()
+        self.jpeger = ContiguousOutput(DiffJPEG(differentiable=False)).to(self.device)
         self.usm_sharpener = USMSharp().to(self.device)  # do usm sharpening
         self.queue_size = opt.get('queue_size', 180)
 
