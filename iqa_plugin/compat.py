@@ -5,25 +5,71 @@ basicsr 1.4.2 (``basicsr/data/degradations.py``) does
 0.17 renamed that private module to ``torchvision.transforms._functional_tensor`` and
 later releases removed the old name, so ``import basicsr`` raises ModuleNotFoundError.
 
-``apply()`` registers the new module under the old name in ``sys.modules`` before
-BasicSR is imported. It changes nothing when the old module still exists, never
-patches BasicSR's files, and is idempotent. ``import iqa_plugin`` calls it first.
+``install()`` appends an import finder (``RenamedModuleFinder``) to the end of ``sys.meta_path``.
+It imports nothing itself: only when some code imports the old name and no other finder has it
+(a torchvision without the old module) does it answer with the new module under the old name.
+On an old torchvision the regular path finder finds the real module first and the shim never
+acts. It never patches BasicSR's files and is idempotent. ``import iqa_plugin`` calls it first.
 """
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import sys
 
-_OLD = 'torchvision.transforms.functional_tensor'
-_NEW = 'torchvision.transforms._functional_tensor'
+OLD_NAME = 'torchvision.transforms.functional_tensor'
+NEW_NAME = 'torchvision.transforms._functional_tensor'
 
 
-def apply():
-    """Make ``torchvision.transforms.functional_tensor`` importable. Returns True if aliased."""
-    if _OLD in sys.modules:
+class _AliasLoader(importlib.abc.Loader):
+    """Loads ``alias`` as the already-importable module ``target`` (the same module object)."""
+
+    def __init__(self, target):
+        self.target = target
+        self._spec = None
+
+    def create_module(self, spec):
+        module = importlib.import_module(self.target)
+        self._spec = module.__spec__  # the import system overwrites __spec__; exec_module restores it
+        return module
+
+    def exec_module(self, module):
+        module.__spec__ = self._spec
+
+
+class RenamedModuleFinder(importlib.abc.MetaPathFinder):
+    """Meta-path finder answering ``aliases`` (old name -> new name) with the new module.
+
+    Consulted last (it sits at the end of ``sys.meta_path``), so it only acts where the old name
+    does not exist; it returns None when the new name does not exist either.
+    """
+
+    def __init__(self, aliases):
+        self.aliases = dict(aliases)
+
+    def find_spec(self, fullname, path=None, target=None):
+        new = self.aliases.get(fullname)
+        if new is None:
+            return None
+        try:
+            if importlib.util.find_spec(new) is None:
+                return None
+        except (ImportError, ValueError):
+            return None
+        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(new))
+
+
+def _installed():
+    return next((f for f in sys.meta_path if isinstance(f, RenamedModuleFinder)), None)
+
+
+def install():
+    """Make ``torchvision.transforms.functional_tensor`` importable on demand, without importing
+    torchvision now. Returns True when the finder was added by this call, False when it was there."""
+    if _installed() is not None:
         return False
-    try:
-        importlib.import_module(_OLD)
-        return False  # old torchvision: nothing to do
-    except ModuleNotFoundError:
-        pass
-    sys.modules[_OLD] = importlib.import_module(_NEW)
+    sys.meta_path.append(RenamedModuleFinder({OLD_NAME: NEW_NAME}))
     return True
+
+
+apply = install  # the name of earlier releases

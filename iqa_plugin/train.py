@@ -1,8 +1,9 @@
-"""Training entry: register the plugin, check the option file, then run BasicSR's train_pipeline.
+"""Training entry, as thin as Real-ESRGAN's ``train.py``: register the plugin, check the option file,
+run BasicSR's ``train_pipeline``.
 
-    iqa-plugin train -opt options/xxx.yml [--launcher none|pytorch|slurm] [--auto_resume] [--debug]
-    python -m iqa_plugin.train -opt options/xxx.yml
+    python -m iqa_plugin.train -opt options/xxx.yml [--launcher none|pytorch|slurm] [--auto_resume] [--debug]
     torchrun --nproc_per_node=2 -m iqa_plugin.train -opt options/xxx.yml --launcher pytorch
+    iqa-plugin train -opt options/xxx.yml      (the same, with one-line errors for bad input)
 
 Experiments are written under ``<cwd>/experiments/<name>`` (or ``path.experiments_root``), as with
 BasicSR's own ``basicsr/train.py``.
@@ -10,17 +11,19 @@ BasicSR's own ``basicsr/train.py``.
 import os
 import sys
 
-import iqa_plugin  # noqa: F401  (shim + registries, before basicsr.train)
+import iqa_plugin
 from iqa_plugin.utils.dist import enable_cpu_distributed
-from iqa_plugin.utils.options_check import check_option_file
+from iqa_plugin.utils.options_check import OptionError, check_option_file
+
+iqa_plugin.register()  # shim + registries before basicsr.train (a no-op when already registered)
 
 
 def run(argv, root_path=None):
-    """Run BasicSR's train_pipeline with ``argv`` (the arguments after ``train``)."""
+    """Check the option file of ``argv`` (the arguments of BasicSR's train.py), then run BasicSR's
+    ``train_pipeline`` with them; experiments go under ``root_path`` (default: the current folder)."""
     from basicsr.train import train_pipeline
 
-    opt_path = _opt_path(argv)
-    check_option_file(opt_path)  # fails before anything is written
+    check_option_file(option_path(argv))  # fails before anything is written
     enable_cpu_distributed()
     old_argv = sys.argv
     sys.argv = [old_argv[0]] + list(argv)
@@ -30,19 +33,15 @@ def run(argv, root_path=None):
         sys.argv = old_argv
 
 
-def _opt_path(argv):
+def option_path(argv):
+    """The ``-opt`` value of BasicSR's train.py arguments; OptionError when there is none."""
     for i, a in enumerate(argv):
         if a == '-opt' and i + 1 < len(argv):
             return argv[i + 1]
         if a.startswith('-opt='):
             return a.split('=', 1)[1]
-    raise ValueError('missing option file: pass -opt path/to/options.yml')
-
-
-def main():
-    from iqa_plugin.cli import main as cli_main
-    cli_main(['train'] + sys.argv[1:])
+    raise OptionError('missing option file: pass -opt path/to/options.yml')
 
 
 if __name__ == '__main__':
-    main()
+    run(sys.argv[1:])

@@ -2,10 +2,26 @@
 
 Each entry is ``'module:function'``; the function takes the remaining command-line arguments
 (a list of str), prints its figures, measures ours and the baseline in the same run, and returns
-a dict that the CLI prints as the final JSON line (it includes a ``ratio``).
+a dict that the CLI prints as the final JSON line (it includes a ``ratio``). The first line of a
+bench module's docstring (after ``\\`\\`iqa-plugin bench NAME\\`\\`:``) is its one-line description.
 """
+import ast
+import importlib.util
+
 BENCHES = {
     'milo': 'iqa_plugin.bench.milo_bench:main',
     'afine': 'iqa_plugin.bench.afine_bench:main',
     'nriqa': 'iqa_plugin.bench.nriqa_bench:main',
+    'cli': 'iqa_plugin.bench.cli_bench:main',
 }
+
+
+def describe(name):
+    """One line describing bench ``name``, read from its module's docstring without importing it
+    (the bench modules import torch)."""
+    module = BENCHES[name].split(':')[0]
+    spec = importlib.util.find_spec(module)
+    with open(spec.origin, encoding='utf-8') as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ''
+    first = doc.strip().split('\n')[0] if doc.strip() else ''
+    return first.split(': ', 1)[1] if first.startswith('``iqa-plugin bench') and ': ' in first else first

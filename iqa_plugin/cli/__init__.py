@@ -1,0 +1,56 @@
+"""The ``iqa-plugin`` command (console script ``iqa-plugin``, or ``python -m iqa_plugin.cli``).
+
+    iqa-plugin train -opt YAML [--launcher none|pytorch|slurm] [--auto_resume] [--debug]
+    iqa-plugin score --metric NAME [--ref PATH] --dist PATH [--weights PATH] [--json]
+    iqa-plugin score --metric relational --ref R (--dist D [--save-maps DIR] | --compare A B)
+    iqa-plugin weights list|fetch NAME|verify [NAME ...]
+    iqa-plugin bench NAME [ARGS...]            (bench --help lists them)
+    iqa-plugin demo [--arch swinir|rrdb] [--iters N] [--out DIR]
+    iqa-plugin run script.py [ARGS...]         (scripts that import basicsr before iqa_plugin)
+
+One module per subcommand (``train``, ``score``, ``weights``, ``bench``, ``demo``, ``run``), each with
+``NAME``, ``HELP``, ``add_parser(subparsers)`` and ``main(args, rest)`` (or ``main_argv(argv)`` for a
+``PASSTHROUGH`` command whose arguments belong to someone else); ``common`` holds what they share.
+They import nothing from this package module. In the command's process ``import iqa_plugin`` does not
+register the plugin (see ``iqa_plugin.register``): the subcommands that need BasicSR's registries
+call ``iqa_plugin.register()``, so ``--help`` and ``weights list`` import no torch.
+
+Errors in the input print one line ``iqa-plugin: error: ...`` and exit with status 2; bugs keep their
+traceback and exit with status 1 (``common.is_input_error``; ``IQA_PLUGIN_TRACEBACK=1`` shows every
+traceback).
+"""
+import sys
+
+from iqa_plugin.cli import bench, demo, run, score, train, weights
+from iqa_plugin.cli.common import CommandParser, UsageError, run_with_error_policy
+
+SUBCOMMANDS = (train, score, weights, bench, demo, run)
+
+__all__ = ['build_parser', 'dispatch', 'main', 'UsageError', 'SUBCOMMANDS']
+
+
+def build_parser():
+    parser = CommandParser(prog='iqa-plugin', description='IQA losses, validators and training for BasicSR')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND', parser_class=CommandParser)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def dispatch(argv):
+    """Run the command line ``argv`` (without the program name); returns the exit code.
+
+    Exceptions propagate (``main`` applies the error policy); argparse errors raise SystemExit(2)."""
+    argv = list(argv)
+    by_name = {m.NAME: m for m in SUBCOMMANDS}
+    if argv and getattr(by_name.get(argv[0]), 'PASSTHROUGH', False):
+        return by_name[argv[0]].main_argv(argv[1:])
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    return by_name[args.command].main(args, rest)
+
+
+def main(argv=None):
+    """Console entry: ``dispatch`` under the error policy of ``common``, then ``sys.exit``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sys.exit(run_with_error_policy(dispatch, argv))

@@ -1,0 +1,147 @@
+"""What every ``iqa-plugin`` subcommand shares: the usage error, the parser class, file-pair matching
+and the error policy.
+
+Error policy (``run_with_error_policy``): an error in the *input* (a wrong name or option, a missing or
+unreadable file, a bad option file, a missing or corrupt weights file) prints one line
+``iqa-plugin: error: ...`` and exits with status 2. Anything else is a bug in this package or a
+broken installation (TypeError, KeyError, AttributeError, a RuntimeError from torch, an ImportError of
+a required package, ...): it keeps its traceback and exits with status 1. ``IQA_PLUGIN_TRACEBACK=1``
+shows the traceback of input errors too. ``is_input_error`` is the one place that decides.
+
+This module imports neither torch nor BasicSR (``--help`` stays fast).
+"""
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # iqa_plugin/
+
+
+class UsageError(ValueError):
+    """The command line itself is wrong (missing or conflicting options, unknown names)."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose epilog may be computed only when help is shown:
+    ``epilog_fn`` (a callable returning text) is called by ``format_help``, so a costly listing
+    (the score metrics and whether their weights are here) is not built for every parse."""
+
+    def __init__(self, *args, epilog_fn=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
+
+    def format_help(self):
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
+
+# ---------------------------------------------------------------------------------------- input errors
+# Exception classes that are input errors wherever they are raised, as 'module:Class'. They are looked
+# up in sys.modules only: an exception of a class whose module was never imported cannot be raised, so
+# the policy imports nothing (weights and option checking stay lazy).
+INPUT_ERROR_CLASSES = (
+    'iqa_plugin.utils.options_check:OptionError',  # the option-file pre-flight check (a ValueError)
+    'iqa_plugin.weights:WeightsError',  # unknown, missing, unreadable or corrupt weights (a RuntimeError)
+)
+# Built-in classes that are input errors wherever they are raised: paths the user gave.
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def _loaded_classes():
+    out = []
+    for item in INPUT_ERROR_CLASSES:
+        module, name = item.split(':')
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            out.append(cls)
+    return tuple(out)
+
+
+def _raised_in_package(exc):
+    """True when the innermost frame of ``exc``'s traceback is code of ``iqa_plugin``."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    try:
+        Path(tb.tb_frame.f_code.co_filename).resolve().relative_to(PACKAGE_DIR)
+    except ValueError:
+        return False
+    return True
+
+
+def is_input_error(exc):
+    """Whether ``exc`` reports a problem with the user's input (one line, exit 2) rather than a bug.
+
+    Input errors: ``UsageError``; the classes of ``INPUT_ERROR_CLASSES`` (option file, weights);
+    ``PATH_ERRORS`` (a missing, unreadable or misplaced path); a ``ValueError`` raised by this package's
+    own checks (unknown metric name, unreadable image, size mismatch, too small an image). A
+    ValueError raised inside torch, numpy or another library is a bug here (we passed it something
+    wrong), as are TypeError, KeyError, AttributeError, RuntimeError and ImportError.
+    """
+    if isinstance(exc, (UsageError, *PATH_ERRORS, *_loaded_classes())):
+        return True
+    return type(exc) is ValueError and _raised_in_package(exc)
+
+
+def error_line(exc):
+    """The one-line message of an input error (whitespace collapsed)."""
+    return ' '.join(str(exc).split()) or exc.__class__.__name__
+
+
+def run_with_error_policy(fn, *args):
+    """Call ``fn(*args)`` (returns an exit code) under the error policy; returns the exit code."""
+    try:
+        return fn(*args)
+    except KeyboardInterrupt:
+        print('iqa-plugin: interrupted', file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  (sorted into input errors and bugs below)
+        if not is_input_error(e):
+            traceback.print_exc()
+            return 1
+        if os.environ.get('IQA_PLUGIN_TRACEBACK'):
+            traceback.print_exc()
+        print(f'iqa-plugin: error: {error_line(e)}', file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------- file pairs
+def file_pairs(ref, dist):
+    """Pairs to score: a list of ``(name, ref_path or None, dist_path)``.
+
+    ``dist`` is an image file or a folder of images; ``ref`` (None for no-reference metrics) is then a
+    file or a folder too, matched to each distorted image by file name, else by stem. Raises
+    FileNotFoundError for a missing ``dist`` and UsageError for mismatched arguments or images
+    without a reference.
+    """
+    from iqa_plugin.utils.image import list_images
+
+    dist = Path(dist)
+    if not dist.exists():
+        raise FileNotFoundError(f'not found: {dist}')
+    if dist.is_dir():
+        dist_files = list_images(dist)
+        if not dist_files:
+            raise UsageError(f'no images in folder {dist}')
+        if ref is None:
+            return [(p.name, None, p) for p in dist_files]
+        ref = Path(ref)
+        if not ref.is_dir():
+            raise UsageError(f'--dist is a folder, so --ref must be one too: {ref}')
+        ref_by_name = {p.name: p for p in list_images(ref)}
+        ref_by_stem = {p.stem: p for p in ref_by_name.values()}
+        pairs = []
+        for p in dist_files:
+            r = ref_by_name.get(p.name) or ref_by_stem.get(p.stem)
+            if r is None:
+                raise UsageError(f'no reference for {p.name} in {ref}')
+            pairs.append((p.name, r, p))
+        return pairs
+    if ref is not None and Path(ref).is_dir():
+        raise UsageError(f'--dist is a file, so --ref must be a file too: {ref}')
+    return [(dist.name, Path(ref) if ref else None, dist)]

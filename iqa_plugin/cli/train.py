@@ -1,0 +1,23 @@
+"""``iqa-plugin train``: BasicSR training with the plugin registered and the option file checked first.
+
+    iqa-plugin train -opt YAML [--launcher none|pytorch|slurm] [--auto_resume] [--debug] [--force_yml ...]
+
+The arguments are BasicSR's ``basicsr/train.py`` ones, passed on unchanged to ``iqa_plugin.train.run``.
+"""
+NAME = 'train'
+HELP = 'train with a BasicSR option file (arguments as basicsr/train.py)'
+PASSTHROUGH = True  # the arguments after the subcommand go to BasicSR's parser untouched
+
+
+def add_parser(sub):
+    return sub.add_parser(NAME, help=HELP, add_help=False)
+
+
+def main_argv(argv):
+    if not argv or argv[0] in ('-h', '--help'):
+        print(__doc__.strip())
+        return 0
+    from iqa_plugin.train import run
+
+    run(list(argv))
+    return 0

@@ -1,0 +1,353 @@
+"""The ``iqa-plugin`` command: layout, start-up without torch, help texts, the error policy (input
+errors: one line, status 2; bugs: traceback, status 1), ``weights verify`` failures, the ``run`` entry
+for scripts that import basicsr first, the lazy torchvision shim and ``bench cli``."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys, *args):
+    """Run the command in-process; returns (exit code, stdout, stderr)."""
+    from iqa_plugin.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def run_python(*args, env=None, cwd=None, timeout=300):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def write_png(path, size=128, seed=0):
+    import cv2
+    img = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+# ------------------------------------------------------------------------------ layout
+def test_cli_package_layout():
+    """One module per subcommand; none imports back into iqa_plugin.cli; iqa_plugin.train imports no CLI."""
+    from test_layout import PACKAGE_DIR, import_graph
+
+    import iqa_plugin.cli as c
+    assert [m.NAME for m in c.SUBCOMMANDS] == ['train', 'score', 'weights', 'bench', 'demo', 'run']
+    modules, edges = import_graph(PACKAGE_DIR)
+    assert 'iqa_plugin.relational_cli' not in modules and 'iqa_plugin.cli.common' in modules
+    for name in ('train', 'score', 'weights', 'bench', 'demo', 'run', 'common'):
+        assert 'iqa_plugin.cli' not in edges[f'iqa_plugin.cli.{name}'], name
+    below = {m for m in modules if not m.startswith('iqa_plugin.cli')}
+    for m in below:
+        assert not {e for e in edges[m] if e.startswith('iqa_plugin.cli')}, m  # nothing below uses the CLI
+    assert 'iqa_plugin.cli.common' in edges['iqa_plugin.cli.score']
+
+
+# ------------------------------------------------------------------------------ start-up
+def _imported(importtime_stderr):
+    """Top-level module names in ``python -X importtime`` output."""
+    names = set()
+    for line in importtime_stderr.splitlines():
+        if line.startswith('import time:') and '|' in line:
+            names.add(line.rsplit('|', 1)[1].strip().split('.')[0])
+    return names
+
+
+@pytest.mark.parametrize('args', [['--help'], ['weights', 'list'], ['bench', '--help']])
+def test_light_commands_import_no_torch(args, tmp_path):
+    """``python -m iqa_plugin.cli`` (like the console script) defers the registration."""
+    r = run_python('-X', 'importtime', '-m', 'iqa_plugin.cli', *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    heavy = _imported(r.stderr) & {'torch', 'torchvision', 'basicsr', 'pyiqa', 'numpy', 'cv2'}
+    assert not heavy, f'{args} imported {heavy}'
+    assert 'iqa_plugin' in _imported(r.stderr)
+
+
+def test_console_script_defers_and_import_registers():
+    import iqa_plugin
+    assert iqa_plugin.is_registered()  # this process imported it as a library: everything registered
+    code = ("import sys; sys.argv[0] = '/some/bin/iqa-plugin'; import iqa_plugin; "
+            "print(iqa_plugin.is_registered(), 'torch' in sys.modules)")
+    r = run_python('-c', code, env={'IQA_PLUGIN_LAZY_REGISTER': ''})
+    assert r.returncode == 0 and r.stdout.split() == ['False', 'False'], r.stderr
+    r = run_python('-c', code, env={'IQA_PLUGIN_LAZY_REGISTER': '0'})  # the eager path, forced
+    assert r.returncode == 0 and r.stdout.split() == ['True', 'True'], r.stderr
+
+
+def test_register_is_idempotent():
+    import iqa_plugin
+    from basicsr.utils.registry import LOSS_REGISTRY
+    iqa_plugin.register()
+    iqa_plugin.register()  # BasicSR's registry raises on a second registration of a name
+    assert LOSS_REGISTRY.get('MILOLoss').__module__.startswith('iqa_plugin.losses')
+
+
+# ------------------------------------------------------------------------------ help texts
+def test_top_help_lists_every_subcommand(capsys):
+    code, out, _ = cli(capsys, '--help')
+    assert code == 0
+    for name in ('train', 'score', 'weights', 'bench', 'demo', 'run'):
+        assert f'    {name} ' in out
+    code, out, _ = cli(capsys, 'train', '--help')
+    assert code == 0 and 'iqa-plugin train -opt YAML' in out
+
+
+def test_bench_help_lists_benches(capsys):
+    from iqa_plugin.bench import BENCHES, describe
+    assert set(BENCHES) >= {'milo', 'afine', 'nriqa', 'cli'}
+    for args in (['bench', '--help'], ['bench', '-h'], ['bench', 'list']):
+        code, out, err = cli(capsys, *args)
+        assert code == 0, err
+        for name in BENCHES:
+            line = next(x for x in out.splitlines() if x.split()[:1] == [name])
+            assert describe(name) in line and len(describe(name)) > 20
+    code, out, err = cli(capsys, 'bench')
+    assert code == 2 and 'bench needs a NAME' in err
+    code, out, err = cli(capsys, 'bench', 'nothing')
+    assert code == 2 and "unknown bench 'nothing'" in err
+
+
+def test_score_help_lists_metrics_with_kind_direction_offline(capsys):
+    from iqa_plugin import scoring
+    code, out, err = cli(capsys, 'score', '--help')
+    assert code == 0, err
+    lines = {x.split()[0]: x for x in out.splitlines() if x.startswith('  ') and x.split()[0] in scoring.METRICS}
+    assert set(lines) == set(scoring.METRICS)
+    for name, spec in scoring.METRICS.items():
+        words = lines[name].split()
+        assert words[1] == spec.kind.upper()
+        assert ' '.join(words[2:5]) == f'{spec.better} is better'
+        ok, _ = scoring.available_offline(name)
+        assert (words[5] == 'yes') == ok, lines[name]
+    assert lines['nr-lite'].split()[5] == 'yes'  # ships with the package
+    assert 'no: needs MILO.pth' in lines['milo']  # offline in tests, official weights absent
+
+
+# ------------------------------------------------------------------------------ messages
+def test_missing_pyiqa_weights_speak_of_the_option(tmp_path, capsys):
+    img = write_png(tmp_path / 'x.png')
+    for metric in ('niqe', 'brisque'):
+        code, out, err = cli(capsys, 'score', '--metric', metric, '--dist', str(img))
+        assert code == 2 and err.count('\n') == 1, err
+        assert 'give its path with --weights PATH' in err
+        assert 'pretrained=False' not in err and 'weights_path' not in err and "file's path explicitly" not in err
+    code, out, err = cli(capsys, 'score', '--metric', 'niqe', '--dist', str(img), '--weights', str(tmp_path / 'no.mat'))
+    assert code == 2 and 'no.mat' in err
+
+
+def test_command_line_message():
+    from iqa_plugin.cli.score import command_line_message
+    msg = ("weights for 'niqe' (n.mat) not available locally; searched /a; download U into one of those folders, "
+           "or give the file's path explicitly; pretrained=False builds the network with random weights")
+    assert command_line_message(msg) == ("weights for 'niqe' (n.mat) not available locally; searched /a; download U "
+                                         'into one of those folders, or give its path with --weights PATH')
+    assert command_line_message('pass weights_path=/x or clip_weights_path=/y') == \
+        'pass --weights /x or --clip-weights /y'
+    assert command_line_message("weights 'clip-vit-b-32' (ViT-B-32.pt) ..., or give the file's path explicitly") \
+        .endswith('give its path with --clip-weights PATH')
+
+
+# ------------------------------------------------------------------------------ error policy
+def test_input_errors_are_one_line_exit_2(tmp_path, capsys):
+    cases = [
+        (['score', '--metric', 'no-such', '--dist', str(tmp_path)], "unknown metric 'no-such'"),  # ValueError (ours)
+        (['score', '--metric', 'nr-lite', '--dist', str(tmp_path / 'missing.png')], 'not found'),  # FileNotFoundError
+        (['score', '--metric', 'milo', '--dist', str(tmp_path)], 'full-reference'),  # UsageError
+        (['train', '-opt', str(tmp_path / 'none.yml')], 'option file not found'),  # OptionError
+        (['train', '--debug'], 'missing option file'),  # OptionError
+        (['weights', 'fetch', 'milo'], 'MILO.pth'),  # WeightsError (offline)
+        (['weights', 'list', 'nothing'], "unknown weights 'nothing'"),  # WeightsError
+        (['run', str(tmp_path / 'none.py')], 'script not found'),
+    ]
+    (tmp_path / 'junk.png').write_bytes(b'not an image')
+    cases.append((['score', '--metric', 'nr-lite', '--dist', str(tmp_path / 'junk.png')], 'cannot read image'))
+    for args, text in cases:
+        code, out, err = cli(capsys, *args)
+        assert code == 2, (args, err)
+        assert err.startswith('iqa-plugin: error: ') and err.count('\n') == 1 and text in err, (args, err)
+
+
+@pytest.mark.parametrize('exc', [TypeError('t'), KeyError('k'), AttributeError('a'), RuntimeError('r'),
+                                 ImportError('i'), ValueError('a ValueError from outside the package')])
+def test_bugs_keep_their_traceback(exc, monkeypatch, capsys):
+    import iqa_plugin.cli.weights as w
+
+    def broken(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(w, 'list_entries', broken)
+    code, out, err = cli(capsys, 'weights', 'list')
+    assert code == 1
+    assert 'Traceback (most recent call last)' in err and type(exc).__name__ in err and 'iqa-plugin: error' not in err
+
+
+def test_is_input_error():
+    from iqa_plugin import scoring
+    from iqa_plugin.cli.common import UsageError, is_input_error
+    from iqa_plugin.utils.options_check import OptionError
+    from iqa_plugin.weights import WeightsError
+
+    def raised(fn):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            return e
+        raise AssertionError('no exception')
+
+    assert issubclass(OptionError, ValueError) and issubclass(WeightsError, RuntimeError)
+    for e in (UsageError('u'), OptionError('o'), WeightsError('w'), FileNotFoundError('f'), PermissionError('p'),
+              raised(lambda: scoring.get_spec('nope'))):  # a ValueError raised by the package
+        assert is_input_error(e), e
+    for e in (TypeError('t'), KeyError('k'), RuntimeError('r'), ImportError('i'), ValueError('v'),
+              raised(lambda: int('x')), raised(lambda: np.zeros(3).reshape(2))):  # ValueErrors of other code
+        assert not is_input_error(e), e
+
+
+def test_traceback_env_shows_input_error_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('IQA_PLUGIN_TRACEBACK', '1')
+    code, out, err = cli(capsys, 'score', '--metric', 'no-such', '--dist', str(tmp_path))
+    assert code == 2 and 'Traceback' in err and err.strip().splitlines()[-1].startswith('iqa-plugin: error: unknown')
+
+
+# ------------------------------------------------------------------------------ weights verify
+def test_weights_verify_passes_on_the_shipped_files(capsys):
+    code, out, err = cli(capsys, 'weights', 'verify')
+    assert code == 0, out + err
+    assert 'not downloaded' in out  # offline tests: download entries are absent, which is not a failure
+    for name in ('milo-pseudomos', 'nr-lite', 'relational'):
+        assert any(x.split()[:2] == [name, 'ok'] for x in out.splitlines()), out
+
+
+def test_weights_verify_fails_on_a_corrupt_file(tmp_path, monkeypatch, capsys):
+    from iqa_plugin import weights
+    bad = tmp_path / 'nr_lite.pth'
+    data = bytearray((weights.PACKAGE_WEIGHTS_DIR / 'nr_lite.pth').read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
+    bad.write_bytes(bytes(data))
+    monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(tmp_path))  # searched before the package
+    code, out, err = cli(capsys, 'weights', 'verify')
+    assert code == 1, out
+    assert any(x.split()[:3] == ['nr-lite', 'hash', 'mismatch'] for x in out.splitlines()), out
+    assert 'verify failed: nr-lite' in out
+
+
+def test_weights_verify_fails_on_a_missing_packaged_file(tmp_path, monkeypatch, capsys):
+    from iqa_plugin import weights
+    copy = tmp_path / 'weights'
+    shutil.copytree(weights.PACKAGE_WEIGHTS_DIR, copy)
+    (copy / 'relational.pth').unlink()
+    monkeypatch.setattr(weights, 'PACKAGE_WEIGHTS_DIR', copy)
+    code, out, err = cli(capsys, 'weights', 'verify')
+    assert code == 1, out
+    assert any(x.split()[:2] == ['relational', 'missing'] for x in out.splitlines()), out
+    assert 'verify failed: relational' in out
+    code, out, err = cli(capsys, 'weights', 'verify', 'milo')  # a named file must be here
+    assert code == 1 and 'milo' in out and 'missing' in out
+
+
+# ------------------------------------------------------------------------------ scripts importing basicsr first
+BASICSR_FIRST = textwrap.dedent('''\
+    import sys
+    import basicsr  # before iqa_plugin, as BasicSR's own scripts and tests do
+    from basicsr.utils.registry import LOSS_REGISTRY
+    print('ok', LOSS_REGISTRY.get('MILOLoss').__name__, sys.argv[1:], __name__)
+    ''')
+
+
+def test_run_entry_for_a_script_that_imports_basicsr_first(tmp_path):
+    script = tmp_path / 'train_like_basicsr.py'
+    script.write_text(BASICSR_FIRST)
+    r = run_python('-m', 'iqa_plugin.cli', 'run', str(script), 'a', '--b', cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "ok MILOLoss ['a', '--b'] __main__"
+
+
+def test_run_entry_exit_codes_and_tracebacks(tmp_path, capsys):
+    (tmp_path / 'exits.py').write_text('import sys\nsys.exit(3)\n')
+    (tmp_path / 'fails.py').write_text('raise FileNotFoundError("from the script")\n')
+    (tmp_path / 'args.py').write_text('import sys, os\nprint(sys.argv, os.path.basename(sys.path[0]))\n')
+    from iqa_plugin.cli import dispatch
+    with pytest.raises(SystemExit) as e:
+        dispatch(['run', str(tmp_path / 'exits.py')])
+    assert e.value.code == 3
+    code, out, err = cli(capsys, 'run', str(tmp_path / 'fails.py'))
+    assert code == 1 and 'Traceback' in err and 'from the script' in err  # the script's error is not ours
+    code, out, err = cli(capsys, 'run', str(tmp_path / 'args.py'), '--help', 'x')
+    assert code == 0 and out.strip() == f"['{tmp_path / 'args.py'}', '--help', 'x'] {tmp_path.name}"
+    code, out, err = cli(capsys, 'run', '--help')
+    assert code == 0 and 'iqa-plugin run script.py' in out
+
+
+def test_pytest_plugin_option_for_tests_that_import_basicsr_first(tmp_path):
+    (tmp_path / 'test_basicsr_first.py').write_text(
+        'import basicsr\n\n\ndef test_plugin_registered():\n'
+        '    from basicsr.utils.registry import LOSS_REGISTRY\n    assert LOSS_REGISTRY.get("MILOLoss")\n')
+    r = run_python('-m', 'pytest', '-q', '-p', 'iqa_plugin', '-p', 'no:cacheprovider', '--rootdir', str(tmp_path),
+                   str(tmp_path / 'test_basicsr_first.py'), cwd=tmp_path)
+    assert r.returncode == 0 and '1 passed' in r.stdout, r.stdout[-3000:]
+
+
+# ------------------------------------------------------------------------------ the lazy shim
+def test_shim_is_lazy_and_aliases_on_demand():
+    code = textwrap.dedent('''\
+        import sys
+        import iqa_plugin
+        from iqa_plugin import compat
+        assert 'torchvision' not in sys.modules, 'the shim imported torchvision'
+        assert compat.install() is False and compat.apply() is False
+        assert sum(isinstance(f, compat.RenamedModuleFinder) for f in sys.meta_path) == 1
+        import torchvision.transforms.functional_tensor as old
+        import torchvision.transforms._functional_tensor as new
+        assert old is new and new.__spec__.name == compat.NEW_NAME
+        print('ok')
+        ''')
+    r = run_python('-c', code, env={'IQA_PLUGIN_LAZY_REGISTER': '1'})
+    assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr[-3000:]
+
+
+def test_shim_finder_acts_only_when_the_old_name_is_missing(tmp_path, monkeypatch):
+    """On a library that still has the old module (old torchvision) the finder is never used."""
+    import importlib
+
+    from iqa_plugin.compat import RenamedModuleFinder
+    pkg = tmp_path / 'shimtoy'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text('')
+    (pkg / 'new.py').write_text('WHO = "new"\n')
+    (pkg / 'still_there.py').write_text('WHO = "old"\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    finder = RenamedModuleFinder({'shimtoy.gone': 'shimtoy.new', 'shimtoy.still_there': 'shimtoy.new',
+                                  'shimtoy.neither': 'shimtoy.missing_too'})
+    monkeypatch.setattr(sys, 'meta_path', sys.meta_path + [finder])
+    try:
+        assert importlib.import_module('shimtoy.gone') is importlib.import_module('shimtoy.new')
+        assert importlib.import_module('shimtoy.still_there').WHO == 'old'
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module('shimtoy.neither')
+    finally:
+        for m in [m for m in sys.modules if m.startswith('shimtoy')]:
+            del sys.modules[m]
+
+
+# ------------------------------------------------------------------------------ bench cli
+def test_bench_cli_harness(capsys):
+    """The harness itself, on a stand-in command that starts fast (the real figures: docs/foundation.md)."""
+    from iqa_plugin.bench.cli_bench import main
+    res = main(['--repeats', '2', '--command', f'{sys.executable} -c pass'])
+    out = capsys.readouterr().out
+    assert set(res['seconds']) == {'help', 'help_eager', 'weights_list', 'weights_list_eager'}
+    assert res['ratio'] > 0 and set(res['ratios']) == {'help', 'weights_list'} and 'ours under 1 s' in out
+    json.dumps(res)
+    with pytest.raises(RuntimeError, match='exited with 3'):
+        main(['--repeats', '1', '--command', f'{sys.executable} -c "import sys; sys.exit(3)"'])
