@@ -69,6 +69,7 @@ class MetricSpec:
 _MILO = 'iqa_plugin.archs.milo_arch:build_milo_scorer'
 _AFINE = 'iqa_plugin.archs.afine_arch:build_afine_scorer'
 _AFINE_WEIGHTS = (('weights', 'weights_path'), ('clip_weights', 'clip_weights_path'))
+_AFINE_FILES = {'weights': 'afine', 'clip_weights': 'clip-vit-b-32'}  # the factory's defaults: what a row loads
 _PYIQA_NR = 'iqa_plugin.nriqa:build_pyiqa_scorer'
 _NSS = 'hand-crafted natural-scene statistics: optimising them games the statistics'
 
@@ -80,14 +81,14 @@ METRICS = {
     'relational': MetricSpec('iqa_plugin.archs.relational_arch:build_relational_scorer', 'fr', False,
                              {'weights': 'relational'}, 'relational score s(dist | ref) <= 0, 0 = identical',
                              (-1.0, 0.0), 16),
-    'afine': MetricSpec(_AFINE, 'fr', True, {'model_type': 'afine_all_scale'},
+    'afine': MetricSpec(_AFINE, 'fr', True, {'model_type': 'afine_all_scale', **_AFINE_FILES},
                         'A-FINE, scaled score (afine_all_scale)', (0.0, 100.0), 32, weight_options=_AFINE_WEIGHTS),
-    'afine_fr': MetricSpec(_AFINE, 'fr', True, {'model_type': 'afine_fr'}, 'A-FINE fidelity term', (-2.0, 2.0), 32,
-                           weight_options=_AFINE_WEIGHTS),
-    'afine_all': MetricSpec(_AFINE, 'fr', True, {'model_type': 'afine_all'},
+    'afine_fr': MetricSpec(_AFINE, 'fr', True, {'model_type': 'afine_fr', **_AFINE_FILES}, 'A-FINE fidelity term',
+                           (-2.0, 2.0), 32, weight_options=_AFINE_WEIGHTS),
+    'afine_all': MetricSpec(_AFINE, 'fr', True, {'model_type': 'afine_all', **_AFINE_FILES},
                             'A-FINE before the final scaling (D)', (-2.0, 2.0), 32, weight_options=_AFINE_WEIGHTS),
-    'afine_nr': MetricSpec(_AFINE, 'nr', True, {'model_type': 'afine_nr'}, 'A-FINE naturalness term', (-2.0, 2.0), 32,
-                           weight_options=_AFINE_WEIGHTS),
+    'afine_nr': MetricSpec(_AFINE, 'nr', True, {'model_type': 'afine_nr', **_AFINE_FILES}, 'A-FINE naturalness term',
+                           (-2.0, 2.0), 32, weight_options=_AFINE_WEIGHTS),
     'nr-lite': MetricSpec('iqa_plugin.archs.nr_lite_arch:build_nr_lite_scorer', 'nr', False, {'weights': 'nr-lite'},
                           'small offline NR model trained by this project (ships with the package)', (0.0, 1.0), 32),
 }
@@ -213,8 +214,6 @@ def weight_requirements(name, **kwargs):
             needs.append(('path', str(opts[path_key])))
         elif opts.get(entry_key) and opts[entry_key] != 'none':
             needs.append(('entry', opts[entry_key]))
-        elif entry_key == 'clip_weights' and entry_key not in opts:
-            needs.append(('entry', 'clip-vit-b-32'))  # the A-FINE factory's default backbone
     if spec.pyiqa:
         if opts.get('weights_path'):
             needs.append(('path', str(opts['weights_path'])))

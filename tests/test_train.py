@@ -61,6 +61,31 @@ def test_failed_start_writes_nothing(tmp_path, tiny_sr):
     assert sorted(p.name for p in (tmp_path / 'experiments').iterdir()) == ['keep_me']
 
 
+def test_missing_official_weights_fail_before_anything_is_written(tmp_path, tiny_sr):
+    """The README's validator snippet without the official MILO weights (issue #11 item 2): the start fails
+    at once with one line naming the file, its URL and the folders searched; the previous run's folder is
+    neither archived nor touched."""
+    opt = write_tiny_options(tmp_path / 'run.yml', tiny_sr, name='keep_me', iters=2, val_freq=2,
+                             extra_metrics='    milo: {type: calculate_milo, better: lower}')
+    exp = tmp_path / 'experiments' / 'keep_me'
+    (exp / 'models').mkdir(parents=True)
+    (exp / 'models' / 'net_g_100.pth').write_bytes(b'precious')
+    empty = tmp_path / 'no_weights'
+    empty.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS='1', IQA_PLUGIN_OFFLINE='1', TORCH_HOME=str(tmp_path / 'torch_home'),
+               IQA_PLUGIN_WEIGHTS_DIR=str(empty))
+    r = subprocess.run([sys.executable, '-m', 'iqa_plugin.cli', 'train', '-opt', str(opt)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    err = r.stderr.strip()
+    assert err.count('\n') == 0 and err.startswith('iqa-plugin: error: val.metrics.milo (calculate_milo): '), err
+    assert 'MILO.pth' in err and 'https://github.com/ugurcogalan06/MILO/raw/main/weights/MILO.pth' in err
+    assert str(empty / 'MILO.pth') in err and str(tmp_path / 'torch_home') in err  # the folders searched
+    assert (exp / 'models' / 'net_g_100.pth').read_bytes() == b'precious'
+    assert sorted(p.name for p in (tmp_path / 'experiments').iterdir()) == ['keep_me']
+    assert not (tmp_path / 'tb_logger').exists()
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
