@@ -383,3 +383,18 @@ def test_no_method_repeats_basicsr(monkeypatch):
             if callable(fn) and attr in basicsr_methods and attr not in ('__init__',):
                 assert 'super()' in inspect.getsource(fn), f'{name}.{attr} overrides BasicSR without super()'
     assert np is not None
+
+
+def test_basicsr_patches_are_version_guarded(monkeypatch):
+    """The one module that patches BasicSR refuses to patch a release it was not written against."""
+    import basicsr
+    import basicsr.train as basicsr_train
+
+    from iqa_plugin.utils import dist
+
+    monkeypatch.setattr(dist, '_enabled', False)
+    monkeypatch.setattr(basicsr, '__version__', '9.9.9')
+    before = basicsr_train.load_resume_state
+    with pytest.warns(UserWarning, match='9.9.9'):
+        dist.enable_cpu_distributed()
+    assert basicsr_train.load_resume_state is before

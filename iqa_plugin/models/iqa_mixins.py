@@ -37,6 +37,7 @@ from tqdm import tqdm
 from iqa_plugin import scoring
 from iqa_plugin.models.selection import build_selection, validator_metric
 from iqa_plugin.utils import val_tensors
+from iqa_plugin.utils.dist import read_training_state
 
 
 class IQALossBundle(nn.Module):
@@ -244,7 +245,7 @@ class TrainingStateMixin:
         path = os.path.join(self.opt['path']['training_states'], f'{current_iter}.state')
         if current_iter == -1 or not extra or not os.path.isfile(path):
             return
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        state = read_training_state(path)
         state.update(extra)
         tmp = path + '.tmp'
         torch.save(state, tmp)

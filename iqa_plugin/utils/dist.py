@@ -15,6 +15,26 @@ import torch.multiprocessing as mp
 
 _enabled = False
 
+# The BasicSR releases whose functions these patches replace (this is the one module that patches BasicSR;
+# the torchvision alias in ``iqa_plugin.compat`` patches torchvision's module name, not BasicSR).
+TESTED_BASICSR = ('1.4.2',)
+
+
+def basicsr_version_supported():
+    """True when the installed BasicSR is one these patches were written against."""
+    import basicsr
+
+    return getattr(basicsr, '__version__', '') in TESTED_BASICSR
+
+
+def read_training_state(path, map_location='cpu'):
+    """A BasicSR ``<iter>.state`` file, read with ``weights_only=True`` (its only non-tensor type is the
+    ``collections.Counter`` of BasicSR's MultiStepRestartLR)."""
+    import collections
+
+    with torch.serialization.safe_globals([collections.Counter]):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
 
 def init_dist_cpu_aware(launcher, backend='nccl', **kwargs):
     """``basicsr.utils.dist_util.init_dist`` that falls back to gloo when there is no GPU."""
@@ -62,7 +82,6 @@ def load_resume_state_safe(opt):
     unpickles arbitrary objects; a training state only holds tensors, numbers and the
     ``collections.Counter`` of BasicSR's MultiStepRestartLR.
     """
-    import collections
     from os import path as osp
 
     from basicsr.utils import check_resume, scandir
@@ -80,8 +99,7 @@ def load_resume_state_safe(opt):
     if state_path is None:
         return None
     location = f'cuda:{torch.cuda.current_device()}' if torch.cuda.is_available() else 'cpu'
-    with torch.serialization.safe_globals([collections.Counter]):
-        state = torch.load(state_path, map_location=location, weights_only=True)
+    state = read_training_state(state_path, location)
     check_resume(opt, state['iter'])
     return state
 
@@ -93,6 +111,14 @@ def enable_cpu_distributed():
     """
     global _enabled
     if _enabled:
+        return
+    if not basicsr_version_supported():
+        import warnings
+
+        import basicsr
+        warnings.warn(f'iqa-plugin: BasicSR {basicsr.__version__} is not one of the tested releases '
+                      f"({', '.join(TESTED_BASICSR)}); its resume and CPU-DDP set-up are left unpatched")
+        _enabled = True
         return
     import basicsr.train as basicsr_train
 
