@@ -313,7 +313,7 @@ def test_table_validator_errors_name_the_block():
 ])
 def test_better_contradicting_the_table_is_rejected(block, direction):
     msg = error_of(metric(block), resolve_weights=False)
-    assert f'contradicts metric' in msg and f'which is {direction}-is-better' in msg
+    assert 'contradicts metric' in msg and f'which is {direction}-is-better' in msg
     assert msg.startswith(f"val.metrics.m ({block['type']}): better: ")
 
 

@@ -100,7 +100,7 @@ def lookup(registry, name):
 
 def _names(registry):
     """Names a user writes for the registry's entries ('RealESRGANModel', not 'RealESRGANModel_basicsr')."""
-    return sorted({k[:-len(_SUFFIX)] if k.endswith(_SUFFIX) else k for k in registry.keys()})
+    return sorted({k.removesuffix(_SUFFIX) for k, _ in registry})
 
 
 def _did_you_mean(name, candidates):
