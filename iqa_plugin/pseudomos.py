@@ -1,18 +1,5 @@
-"""Pseudo-MOS: quality labels without human ratings, from an ensemble of full-reference metrics.
-
-Each member is a full-reference metric that models some form of visual masking and runs offline
-(no download): pyiqa's ``nlpd``, ``gmsd``, ``fsim``, ``vsi``, ``ms_ssim`` and ``mad``; ``lpips``
-(the ``lpips`` package) and ``dists`` (pyiqa's architecture) join only when their weight files are
-already on disk. Scores are
-
-1. oriented so that higher = worse: lower-is-better metrics as they are, higher-is-better similarity
-   indices (value 1 for identical images) as ``1 - score``;
-2. normalised per member, ``'zscore'`` or ``'rank'`` within each group of distortions of the same
-   reference (content bias removed), or ``'global'`` z-score over all pairs;
-3. averaged over members.
-
-The resulting pseudo-MOS is unitless, **higher = worse**: with ``'zscore'`` each group has mean 0,
-with ``'rank'`` values lie in [0, 1] (0 = best of its group). See ``docs/distortions.md``.
+"""Pseudo-MOS: quality labels without human ratings, from an ensemble of full-reference metrics
+(members, orientation, normalisation and the meaning of the values: ``iqa_plugin.pseudomos_ensemble``).
 
 Modules: ``pseudomos_ensemble`` (members, normalisation, ``PseudoMOS``), ``pseudomos_cache`` (cache
 files), ``data.pseudomos_dataset`` (groups of distorted patches); this module re-exports the first two
