@@ -22,7 +22,7 @@ def calculate_milo(img, img2, crop_border=0, output='quality_score', weights='mi
         raise ValueError(f"calculate_milo: output must be one of {', '.join(OUTPUTS)}, got {output!r}")
     name, _ = _milo_metric_of(weights)
     return calculate_iqa(img, img2, metric=name, crop_border=crop_border, output=output, device=device,
-                         input_order=input_order, weights=weights, weights_path=weights_path)
+                         input_order=input_order, weights=weights, weights_path=weights_path, **kwargs)
 
 
 calculate_milo.metric_of = _milo_metric_of

@@ -7,8 +7,8 @@ from basicsr.utils.registry import METRIC_REGISTRY
 from iqa_plugin.metrics.iqa_metric import table_metric_of, calculate_iqa
 
 
-def _relational_metric_of(weights='relational', weights_path=None, **_):
-    return table_metric_of('relational', weights=weights, weights_path=weights_path)
+def _relational_metric_of(weights='relational', weights_path=None, **opts):
+    return table_metric_of('relational', weights=weights, weights_path=weights_path, **opts)
 
 
 @METRIC_REGISTRY.register()
@@ -17,7 +17,7 @@ def calculate_relational(img, img2, crop_border=0, output='relational', weights=
     """Relational score s(restored | gt) (higher is better, 0 = identical): ``calculate_iqa`` with
     ``metric: relational``; ``output``: 'relational', 'magnitude' or 'axis_<name>'."""
     return calculate_iqa(img, img2, metric='relational', crop_border=crop_border, output=output, device=device,
-                         input_order=input_order, weights=weights, weights_path=weights_path)
+                         input_order=input_order, weights=weights, weights_path=weights_path, **kwargs)
 
 
 calculate_relational.metric_of = _relational_metric_of
