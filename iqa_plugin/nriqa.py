@@ -604,6 +604,11 @@ class NRScorer(nn.Module):
         return f'name={self.name}, lower_better={self.lower_better}, score_range={self.score_range}'
 
 
+def resolve_metric_files(metric_name, allow_download=True):
+    """Paths of every published file pyiqa metric ``metric_name`` loads (see ``resolve_file``)."""
+    return [resolve_file(metric_name, wf, allow_download) for wf in metric_info(metric_name).files()]
+
+
 def check_qalign_snapshot():
     """Raise ``WeightsError`` unless the HuggingFace snapshot q-future/one-align is in the HF cache."""
     from huggingface_hub import constants as hf_constants

@@ -241,12 +241,10 @@ def resolve_weights(name, allow_download=True, **kwargs):
             paths.append(p)
         elif kind == 'entry':
             paths.append(wm.resolve(value, allow_download=allow_download))
-        elif kind == 'pyiqa':
-            from iqa_plugin import nriqa
-            paths.extend(nriqa.resolve_file(value, wf, allow_download) for wf in nriqa.metric_info(value).files())
+        elif kind == 'pyiqa':  # looked up by name like the factories: nriqa builds on this module
+            paths.extend(import_factory('iqa_plugin.nriqa:resolve_metric_files')(value, allow_download))
         elif kind == 'hf':
-            from iqa_plugin import nriqa
-            nriqa.check_qalign_snapshot()
+            import_factory('iqa_plugin.nriqa:check_qalign_snapshot')()
     return paths
 
 

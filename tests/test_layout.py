@@ -24,21 +24,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / 'iqa_plugin'
 
 # Cycles still to remove. An entry allows a strongly connected component of the import graph when every
 # one of its modules matches one of the entry's patterns (fnmatch).
-ALLOWED_CYCLES = {
-    # cli <-> train <-> demo <-> relational_cli: the CLI is being rewritten into a cli/ package with a
-    # shared common.py and no cycles back into it (issue #16, item 3).
-    'cli': ('iqa_plugin.cli', 'iqa_plugin.cli.*', 'iqa_plugin.train', 'iqa_plugin.demo',
-            'iqa_plugin.relational_cli'),
-    # scoring.resolve_weights imports nriqa at function level; nriqa imports scoring's frozen-network
-    # cache (freeze, get_cached_metric). Part of the one-metric-stack rework (issue #16, item 1).
-    'scoring-nriqa': ('iqa_plugin.scoring', 'iqa_plugin.nriqa'),
-}
+ALLOWED_CYCLES = {}
 
 # Underscore-private names still used across modules: (importing module, owning module, name).
-ALLOWED_PRIVATE = {
-    # the CLI rewrite (issue #16, item 3) gives the pair-argument parser a public home in cli/common.py
-    ('iqa_plugin.relational_cli', 'iqa_plugin.cli', '_pairs'),
-}
+ALLOWED_PRIVATE = set()
 
 
 # ------------------------------------------------------------------------------------------------
