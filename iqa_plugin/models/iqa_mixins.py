@@ -143,13 +143,21 @@ class IQAValidationMixin:
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         self._iqa_normalise_metrics()
         self._iqa_val_index = 0
-        with val_tensors.collecting():
-            super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        self.validating = True  # feed_data overrides can tell validation batches from training batches
+        try:
+            with val_tensors.collecting():
+                super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            self.validating = False
         self.after_validation(dataloader.dataset.opt['name'], current_iter, tb_logger)
+
+    def validation_extras(self):
+        """Hook: extras recorded with each validation image for the validators (``val_tensors.extras``)."""
+        return {}
 
     def get_current_visuals(self):
         visuals = super().get_current_visuals()
-        val_tensors.record(visuals['result'], visuals.get('gt'))
+        val_tensors.record(visuals['result'], visuals.get('gt'), **self.validation_extras())
         self.on_validation_image(self._iqa_val_index if hasattr(self, '_iqa_val_index') else 0, visuals)
         self._iqa_val_index = getattr(self, '_iqa_val_index', 0) + 1
         return visuals
