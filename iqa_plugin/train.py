@@ -10,9 +10,11 @@ BasicSR's own ``basicsr/train.py``.
 """
 import os
 import sys
+import tempfile
 
 import iqa_plugin
 from iqa_plugin.utils.dist import enable_cpu_distributed
+from iqa_plugin.utils.option_base import has_bases, write_resolved
 from iqa_plugin.utils.options_check import OptionError, check_option_file
 
 iqa_plugin.register()  # shim + registries before basicsr.train (a no-op when already registered)
@@ -23,14 +25,19 @@ def run(argv, root_path=None):
     ``train_pipeline`` with them; experiments go under ``root_path`` (default: the current folder)."""
     from basicsr.train import train_pipeline
 
-    check_option_file(option_path(argv))  # fails before anything is written
+    path = option_path(argv)
+    check_option_file(path)  # fails before anything is written
     enable_cpu_distributed()
-    old_argv = sys.argv
-    sys.argv = [old_argv[0]] + list(argv)
-    try:
-        train_pipeline(root_path or os.getcwd())
-    finally:
-        sys.argv = old_argv
+    with tempfile.TemporaryDirectory(prefix='iqa_plugin_opt_') as tmp:
+        if has_bases(path):  # BasicSR reads (and archives) the merged file
+            resolved = str(write_resolved(path, tmp))
+            argv = [resolved if a == path else f'-opt={resolved}' if a == f'-opt={path}' else a for a in argv]
+        old_argv = sys.argv
+        sys.argv = [old_argv[0]] + list(argv)
+        try:
+            train_pipeline(root_path or os.getcwd())
+        finally:
+            sys.argv = old_argv
 
 
 def option_path(argv):

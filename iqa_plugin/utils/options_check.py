@@ -30,6 +30,8 @@ from pathlib import Path
 
 import yaml
 
+from iqa_plugin.utils.option_base import OptionBaseError, load_with_bases
+
 # keys every metric block may carry for BasicSR itself
 _METRIC_COMMON = {'type', 'better'}
 # option blocks under ``train`` whose ``type`` names something other than a loss
@@ -51,11 +53,12 @@ def load_yaml(path):
     if not path.is_file():
         raise OptionError(f'option file not found: {path}')
     try:
-        with open(path, encoding='utf-8') as f:
-            opt = yaml.safe_load(f)
+        opt = load_with_bases(path)  # base: files merged in (iqa_plugin/utils/option_base.py)
     except yaml.YAMLError as e:
         first = ' '.join(str(e).split())
         raise OptionError(f'cannot parse option file {path}: {first}') from e
+    except OptionBaseError as e:
+        raise OptionError(str(e)) from e
     if not isinstance(opt, dict):
         raise OptionError(f'option file {path} does not hold a mapping of options')
     return opt
@@ -411,7 +414,20 @@ def _check_train(train, ctx):
                 check_loss_block(block, f'train.iqa_opt.{name}', ctx)
         elif k.endswith('_opt') and k not in _TRAIN_NON_LOSS and isinstance(v, dict) and 'type' in v:
             check_loss_block(v, f'train.{k}', ctx)
+    if train.get('gt_sampling') is not None:
+        _check_gt_sampling(train['gt_sampling'])
     _walk_scorers(train, 'train', ctx)
+
+
+def _check_gt_sampling(block):
+    """``train.gt_sampling`` (multi-GT training): type, keys, tau > 0, score cache file."""
+    from iqa_plugin.models import gt_sampling
+
+    try:
+        gt_sampling.check_options(block)
+    except ValueError as e:
+        msg = _one_line(e)
+        raise OptionError(msg if msg.startswith('train.gt_sampling') else f'train.gt_sampling: {msg}') from e
 
 
 # ------------------------------------------------------------------------------------------ entry points
