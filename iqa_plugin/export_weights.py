@@ -71,6 +71,12 @@ def _build_relational(config):
     return RelationalIQANet(**config), None
 
 
+def _build_niqe_fitted(config):
+    from iqa_plugin.archs.niqe_fitted_arch import NIQEFitted
+
+    return NIQEFitted(), None
+
+
 @dataclass(frozen=True)
 class ExportSpec:
     """How one packaged entry is exported: ``build(config) -> (net, config to ship or None)``;
@@ -83,6 +89,7 @@ EXPORTS = {
     'milo-pseudomos': ExportSpec(_build_milo, 'network_g'),
     'nr-lite': ExportSpec(_build_nr_lite, 'network_g'),
     'relational': ExportSpec(_build_relational, 'network_rel'),
+    'niqe-fitted': ExportSpec(_build_niqe_fitted, 'network_g'),
 }
 
 

@@ -91,6 +91,9 @@ METRICS = {
                            (-2.0, 2.0), 32, weight_options=_AFINE_WEIGHTS),
     'nr-lite': MetricSpec('iqa_plugin.archs.nr_lite_arch:build_nr_lite_scorer', 'nr', False, {'weights': 'nr-lite'},
                           'small offline NR model trained by this project (ships with the package)', (0.0, 1.0), 32),
+    'niqe-fitted': MetricSpec('iqa_plugin.archs.niqe_fitted_arch:build_niqe_fitted_scorer', 'nr', True,
+                              {'weights': 'niqe-fitted'}, 'NIQE fitted on this project\'s pristine photos; flat '
+                              'images score 100 (ships with the package)', (0.0, 100.0), 96, _NSS),
 }
 # pyiqa no-reference metrics (weights through pyiqa's cache or weights_path); direction and range as
 # pyiqa's DEFAULT_CONFIGS give them (checked against pyiqa in tests/test_scoring.py).

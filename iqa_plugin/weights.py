@@ -122,6 +122,13 @@ _ENTRIES = [
         license='Apache-2.0 (this project)',
         source='trained by this project, label-free: options/metrics/train_relational.yml',
         description='relational distortion and score networks'),
+    WeightEntry(
+        name='niqe-fitted',
+        filename='niqe_fitted.pth',
+        packaged=True,
+        license='Apache-2.0 (this project)',
+        source='fitted by this project: python -m iqa_plugin.archs.niqe_fitted_arch fit (docs/nriqa.md)',
+        description='NIQE pristine multivariate Gaussian (mu_pris_param, cov_pris_param) of ../shared training photos'),
 ]
 WEIGHTS = {e.name: e for e in _ENTRIES}
 

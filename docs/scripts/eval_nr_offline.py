@@ -1,8 +1,8 @@
 """Evaluate offline no-reference scorers on held-out photos (issue 12): one Markdown table per scorer set.
 
     OMP_NUM_THREADS=2 .venv/bin/python docs/scripts/eval_nr_offline.py \\
-        --niqe-fitted experiments/niqe_fitted/niqe_fitted.pth            # full: Set14 + Kodak24 + McMaster18
-    ... --quick                                                          # 6 Set14 images, a few minutes
+        [--niqe-fitted FILE]     # full: Set14 + Kodak24 + McMaster18, about 15 min on 2 busy cores
+    ... --quick                # 6 Set14 photos, about 3 min
 
 Held-out photos: ``nr-lite`` 0.1.0 and the fitted NIQE were trained/fitted on CBSD68 + CSun_Hays80
 (see ``iqa_plugin/weights/manifest.json`` and docs/nriqa.md), so the default evaluation set is
@@ -20,7 +20,7 @@ higher = better, so lower-better metrics are negated):
   3-level posterisation of the first photo, each compared with the lowest-scoring clean photo
   (``below`` = scored below every clean photo).
 
-Scorers: ``nr-lite`` (the shipped weights), ``niqe-fitted`` (``--niqe-fitted`` file), two plain baselines
+Scorers: ``nr-lite`` (the shipped weights), ``niqe-fitted`` (the packaged fit, or ``--niqe-fitted``), two baselines
 (Laplacian variance and RMS contrast of the luma, higher = better) and every pyiqa NR model of the scoring
 table whose weights are on this machine (listed as skipped otherwise). The last line is JSON.
 """
@@ -134,9 +134,11 @@ def build_scorers(niqe_fitted, pyiqa_models=True):
         scorers['nr-lite'] = get_cached_metric('nr-lite')
     except Exception as e:
         skipped['nr-lite'] = str(e).splitlines()[0]
-    if niqe_fitted:
-        from iqa_plugin.archs.niqe_fitted_arch import build_niqe_fitted_scorer
-        scorers['niqe-fitted'] = build_niqe_fitted_scorer(weights_path=niqe_fitted)
+    try:  # an explicit fitted file, else the packaged entry of the scoring table
+        kw = {'weights_path': niqe_fitted} if niqe_fitted else {}
+        scorers['niqe-fitted'] = get_cached_metric('niqe-fitted', **kw)
+    except Exception as e:
+        skipped['niqe-fitted'] = str(e).splitlines()[0]
     for kind in ('laplacian_var', 'rms_contrast'):
         scorers[kind] = NRScorer(kind, _Baseline(kind), lower_better=False, score_range=(0.0, 1.0), min_size=3)
     for name in NR_METRICS:
@@ -210,7 +212,8 @@ def main(argv=None):
     p.add_argument('--size', type=int, default=192, help='centre-crop side (NIQE needs >= 96)')
     p.add_argument('--limit', type=int, default=None, help='use only the first N photos')
     p.add_argument('--quick', action='store_true', help='6 Set14 photos, 6 pseudo-MOS groups (a few minutes)')
-    p.add_argument('--niqe-fitted', default=None, help='fitted NIQE file (python -m iqa_plugin.archs.niqe_fitted_arch fit)')
+    p.add_argument('--niqe-fitted', default=None,
+                   help='fitted NIQE file (python -m iqa_plugin.archs.niqe_fitted_arch fit); default: the packaged one')
     p.add_argument('--no-pmos', action='store_true', help='skip the pseudo-MOS SRCC (the slowest part)')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--seed', type=int, default=7)
