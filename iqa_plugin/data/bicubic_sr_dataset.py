@@ -21,6 +21,13 @@ from torch.utils import data
 from iqa_plugin.utils.image import list_images, read_image
 
 
+def bicubic_lq(gt, scale):
+    """MATLAB-style bicubic downsampling by ``scale`` (BasicSR's ``imresize``), clipped to [0, 1].
+
+    ``gt``: (H, W, C) float32 in [0, 1], H and W multiples of ``scale``; returns (H/scale, W/scale, C) float32."""
+    return np.clip(imresize(gt, 1 / scale), 0, 1).astype(np.float32)
+
+
 @DATASET_REGISTRY.register()
 class BicubicSRDataset(data.Dataset):
 
@@ -56,7 +63,7 @@ class BicubicSRDataset(data.Dataset):
             h, w = gt.shape[:2]
             gt = gt[:h - h % s, :w - w % s]
         gt = np.ascontiguousarray(gt)
-        lq = np.clip(imresize(gt, 1 / s), 0, 1).astype(np.float32)
+        lq = bicubic_lq(gt, s)
         gt_t, lq_t = img2tensor([gt, lq], bgr2rgb=False, float32=True)
         return {'lq': lq_t, 'gt': gt_t, 'lq_path': str(path), 'gt_path': str(path)}
 
