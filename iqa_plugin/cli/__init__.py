@@ -7,8 +7,10 @@
     iqa-plugin bench NAME [ARGS...]            (bench --help lists them)
     iqa-plugin demo [--arch swinir|rrdb] [--iters N] [--out DIR]
     iqa-plugin run script.py [ARGS...]         (scripts that import basicsr before iqa_plugin)
+    iqa-plugin make-multigt --src HR_DIR --out DIR [--set NAME] [--seed S] [--size N]
 
-One module per subcommand (``train``, ``score``, ``weights``, ``bench``, ``demo``, ``run``), each with
+One module per subcommand (``train``, ``score``, ``weights``, ``bench``, ``demo``, ``run``,
+``make_multigt``), each with
 ``NAME``, ``HELP``, ``add_parser(subparsers)`` and ``main(args, rest)`` (or ``main_argv(argv)`` for a
 ``PASSTHROUGH`` command whose arguments belong to someone else); ``common`` holds what they share.
 They import nothing from this package module. In the command's process ``import iqa_plugin`` does not
@@ -21,10 +23,10 @@ traceback).
 """
 import sys
 
-from iqa_plugin.cli import bench, demo, run, score, train, weights
+from iqa_plugin.cli import bench, demo, make_multigt, run, score, train, weights
 from iqa_plugin.cli.common import CommandParser, UsageError, run_with_error_policy
 
-SUBCOMMANDS = (train, score, weights, bench, demo, run)
+SUBCOMMANDS = (train, score, weights, bench, demo, run, make_multigt)
 
 __all__ = ['build_parser', 'dispatch', 'main', 'UsageError', 'SUBCOMMANDS']
 
