@@ -240,7 +240,9 @@ def test_shipped_manifest_validates_and_matches_files():
         assert weights.sha256sum(f) == rec['sha256'] and f.stat().st_size == rec['size'], fname
         assert (weights.PACKAGE_WEIGHTS_DIR / rec['log']).is_file()
         assert rec['export_command'].startswith('python -m iqa_plugin.export_weights --name ')
-        assert 'iqa-plugin train -opt options/metrics/' in rec['command']
+        # trained networks: a BasicSR training option file; niqe-fitted: the NIQE fit (not a training run)
+        assert ('iqa-plugin train -opt options/metrics/' in rec['command']
+                or 'python -m iqa_plugin.archs.niqe_fitted_arch fit --dataroot ' in rec['command']), rec['command']
 
 
 def _valid_record():
