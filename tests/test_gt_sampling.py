@@ -225,3 +225,52 @@ def test_stale_or_foreign_cache_refused_naming_command(tmp_path):
                                          r'options/train/multigt/x.yml --out .*scores.json') as e:
         gs.build_gt_strategy(block, files=paths)
     assert '\n' not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------- score-gts
+def test_score_gts_cache_drives_sma_and_refuses_stale(tmp_path, capsys):
+    """``iqa-plugin score-gts`` on a tiny set made by make-multigt: the cache holds nr-lite's score of every
+    candidate file of the training dataset; sma reads it; editing a candidate makes it stale."""
+    import yaml
+    from torch.utils.data import DataLoader
+
+    from conftest import make_sr_folder
+    from iqa_plugin.cli import dispatch
+    from iqa_plugin.multigt_make import make_multigt
+    from iqa_plugin.nriqa import score_candidates
+    from iqa_plugin.scoring import get_cached_metric
+    from iqa_plugin.utils.image import read_image
+
+    make_sr_folder(tmp_path / 'hr', n=3, size=64)
+    make_multigt(tmp_path / 'hr' / 'HR', tmp_path / 'set', set_name='train', seed=0, candidates=3)
+    cache = tmp_path / 'scores.json'
+    dataset = {'type': 'MultiGTDataset', 'layout': 'hggt', 'dataroot': str(tmp_path / 'set'), 'set': 'train',
+               'lq_mode': 'bicubic', 'scale': 4, 'gt_size': 32, 'use_hflip': False, 'use_rot': False}
+    opt = {'scale': 4, 'datasets': {'train': dataset},
+           'train': {'gt_sampling': {'type': 'sma', 'tau': 0.05, 'scores': str(cache), 'scorer': {'type': 'nr-lite'}}}}
+    yml = tmp_path / 'opt.yml'
+    yml.write_text(yaml.safe_dump(opt))
+    assert dispatch(['score-gts', '-opt', str(yml), '--device', 'cpu']) == 0
+    data = gs.read_score_cache(cache)
+    files = sorted(data['files'])
+    assert len(files) == 3 * 4  # 3 groups x (original + 3 candidates)
+    nr_lite = get_cached_metric('nr-lite', device='cpu')
+    first = files[0]
+    expected = float(score_candidates(nr_lite, read_image(first)[None])[0, 0])
+    assert data['scores'][data['files'][first]] == pytest.approx(expected, abs=1e-6)
+
+    strat = gs.build_gt_strategy(opt['train']['gt_sampling'], files=files)
+    from basicsr.data import build_dataset
+    batch = next(iter(DataLoader(build_dataset({**dataset, 'phase': 'train', 'name': 't'}), batch_size=3)))
+    idx = strat.choose(batch)
+    assert idx.shape == (3,) and int(idx.max()) < 4
+
+    with open(files[5], 'ab') as f:
+        f.write(b'\0')  # same image, different content hash
+    with pytest.raises(ValueError, match=f'stale: .* rebuild it with: iqa-plugin score-gts -opt {yml} --out {cache}'):
+        gs.build_gt_strategy(opt['train']['gt_sampling'])
+    # rebuilding rescores only the changed file and is accepted again
+    capsys.readouterr()
+    assert dispatch(['score-gts', '-opt', str(yml), '--device', 'cpu']) == 0
+    assert '11 already scored, 1 to score' in capsys.readouterr().out
+    gs.build_gt_strategy(opt['train']['gt_sampling'], files=files)

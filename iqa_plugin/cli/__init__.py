@@ -3,13 +3,14 @@
     iqa-plugin train -opt YAML [--launcher none|pytorch|slurm] [--auto_resume] [--debug]
     iqa-plugin score --metric NAME [--ref PATH] --dist PATH [--weights PATH] [--json]
     iqa-plugin score --metric relational --ref R (--dist D [--save-maps DIR] | --compare A B)
+    iqa-plugin score-gts -opt YAML [--out PATH]  (the sma/smp GT score cache)
     iqa-plugin weights list|fetch NAME|verify [NAME ...]
     iqa-plugin bench NAME [ARGS...]            (bench --help lists them)
     iqa-plugin demo [--arch swinir|rrdb] [--iters N] [--out DIR]
     iqa-plugin run script.py [ARGS...]         (scripts that import basicsr before iqa_plugin)
     iqa-plugin make-multigt --src HR_DIR --out DIR [--set NAME] [--seed S] [--size N]
 
-One module per subcommand (``train``, ``score``, ``weights``, ``bench``, ``demo``, ``run``,
+One module per subcommand (``train``, ``score``, ``score_gts``, ``weights``, ``bench``, ``demo``, ``run``,
 ``make_multigt``), each with
 ``NAME``, ``HELP``, ``add_parser(subparsers)`` and ``main(args, rest)`` (or ``main_argv(argv)`` for a
 ``PASSTHROUGH`` command whose arguments belong to someone else); ``common`` holds what they share.
@@ -23,10 +24,10 @@ traceback).
 """
 import sys
 
-from iqa_plugin.cli import bench, demo, make_multigt, run, score, train, weights
+from iqa_plugin.cli import bench, demo, make_multigt, run, score, score_gts, train, weights
 from iqa_plugin.cli.common import CommandParser, UsageError, run_with_error_policy
 
-SUBCOMMANDS = (train, score, weights, bench, demo, run, make_multigt)
+SUBCOMMANDS = (train, score, score_gts, weights, bench, demo, run, make_multigt)
 
 __all__ = ['build_parser', 'dispatch', 'main', 'UsageError', 'SUBCOMMANDS']
 

@@ -165,7 +165,8 @@ def read_score_cache(path, option_file=None):
     return data
 
 
-def _same_options(a, b):
+def same_options(a, b):
+    """Whether two scorer option dicts are equal (compared as sorted JSON)."""
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
@@ -179,7 +180,7 @@ def load_score_cache(path, scorer, scorer_options, files=None, option_file=None)
     option_file = option_file or data.get('option_file')
     cmd = rebuild_command(option_file, path)
     made_by = data.get('scorer') or {}
-    if made_by.get('type') != scorer or not _same_options(made_by.get('options') or {}, scorer_options):
+    if made_by.get('type') != scorer or not same_options(made_by.get('options') or {}, scorer_options):
         raise ValueError(f"GT score cache {path} was made by scorer {made_by.get('type')} {made_by.get('options')}, "
                          f"not {scorer} {scorer_options}; rebuild it with: {cmd}")
     recorded, scores = data.get('files') or {}, data.get('scores') or {}
