@@ -13,6 +13,7 @@ BENCHES = {
     'afine': 'iqa_plugin.bench.afine_bench:main',
     'nriqa': 'iqa_plugin.bench.nriqa_bench:main',
     'cli': 'iqa_plugin.bench.cli_bench:main',
+    'gt-sampling': 'iqa_plugin.bench.gt_sampling_bench:main',
 }
 
 
