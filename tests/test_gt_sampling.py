@@ -274,3 +274,15 @@ def test_score_gts_cache_drives_sma_and_refuses_stale(tmp_path, capsys):
     assert dispatch(['score-gts', '-opt', str(yml), '--device', 'cpu']) == 0
     assert '11 already scored, 1 to score' in capsys.readouterr().out
     gs.build_gt_strategy(opt['train']['gt_sampling'], files=files)
+
+
+def test_bench_gt_sampling_smoke(capsys):
+    """The bench's one JSON line: AMO/UPos ratio and the scorer's share, for a tiny setting."""
+    from iqa_plugin.bench import BENCHES, describe
+    from iqa_plugin.bench.gt_sampling_bench import main
+
+    assert 'gt-sampling' in BENCHES and describe('gt-sampling').startswith('time per training iteration')
+    out = main(['--arch', 'small', '--batch', '1', '--candidates', '2', '--size', '32', '--repeats', '1',
+                '--device', 'cpu'])
+    assert out['ratio'] > 0 and 0 < out['scorer_share'] < 1 and set(out['per_arch']) == {'small'}
+    assert 'amo / upos' in capsys.readouterr().out
