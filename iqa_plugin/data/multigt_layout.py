@@ -149,13 +149,17 @@ def _inside(path, root_resolved):
 
 
 def _check_inside(value, folder, set_root, where):
-    """``value`` (a JSON/CSV string) must be a relative path that stays inside ``set_root`` from ``folder``."""
+    """``value`` (a JSON string) must be a relative path that stays inside ``set_root`` (lexical, unresolved)
+    from ``folder``."""
     if not isinstance(value, str) or not value.strip():
         raise BadGroup('bad_json', where, f'empty or non-string file entry {value!r}')
     if os.path.isabs(value) or re.match(r'^[A-Za-z]:[\\/]', value) or value.startswith(('/', '\\')):
         raise BadGroup('outside', where, f'absolute path {value!r}')
-    if not _inside(folder / value.replace('\\', '/'), set_root):
-        raise BadGroup('outside', where, f'{value!r} resolves outside the set folder {set_root}')
+    lexical = os.path.normpath(os.path.abspath(folder / value.replace('\\', '/')))
+    try:  # lexical here ('../'); symlinks are resolved when the files themselves are checked
+        Path(lexical).relative_to(os.path.abspath(set_root))
+    except ValueError:
+        raise BadGroup('outside', where, f'{value!r} resolves outside the set folder {set_root}') from None
 
 
 def _find_image(folder, stem):
@@ -287,7 +291,7 @@ def _hggt_group(name, orig, images_dir, labels_dir, folders, set_root, check_siz
                 raise BadGroup('bad_json', jpath, f'malformed JSON (no {key} with a Label)')
             for k in ('Name', 'File'):
                 if entry.get(k) not in (None, ''):
-                    _check_inside(entry[k], cdir, set_root, jpath)
+                    _check_inside(entry[k], cdir, images_dir, jpath)
             if file_entry is None and entry.get('File'):
                 file_entry = entry['File']
             try:
