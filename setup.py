@@ -28,6 +28,7 @@ setup(
         'lpips',
         'timm',
         'tensorboard',
+        'peft',
         'scikit-image',
         'opencv-python',
         'pyyaml',

@@ -5,6 +5,7 @@
     iqa-plugin score --metric relational --ref R (--dist D [--save-maps DIR] | --compare A B)
     iqa-plugin score-gts -opt YAML [--out PATH]  (the sma/smp GT score cache)
     iqa-plugin weights list|fetch NAME|verify [NAME ...]
+    iqa-plugin lora merge --base NET_G --adapter ADAPTER --out PATH
     iqa-plugin bench NAME [ARGS...]            (bench --help lists them)
     iqa-plugin demo [--arch swinir|rrdb] [--iters N] [--out DIR]
     iqa-plugin run script.py [ARGS...]         (scripts that import basicsr before iqa_plugin)
@@ -24,10 +25,10 @@ traceback).
 """
 import sys
 
-from iqa_plugin.cli import bench, demo, make_multigt, run, score, score_gts, train, weights
+from iqa_plugin.cli import bench, demo, lora, make_multigt, run, score, score_gts, train, weights
 from iqa_plugin.cli.common import CommandParser, UsageError, run_with_error_policy
 
-SUBCOMMANDS = (train, score, score_gts, weights, bench, demo, run, make_multigt)
+SUBCOMMANDS = (train, score, score_gts, weights, lora, bench, demo, run, make_multigt)
 
 __all__ = ['build_parser', 'dispatch', 'main', 'UsageError', 'SUBCOMMANDS']
 

@@ -479,6 +479,12 @@ def check_options(opt, is_train=True, resolve_weights=True):
         if (k.startswith('pretrain_network_') or k == 'resume_state') and isinstance(p, str) and p \
                 and not Path(p).expanduser().is_file():
             raise OptionError(f'path.{k}: file not found: {p}')
+    model_check = getattr(ctx.model_cls, 'check_options', None)  # a model's own pre-flight (NRIQAFinetuneModel)
+    if callable(model_check):
+        try:
+            model_check(opt, is_train)
+        except ValueError as e:
+            raise OptionError(_one_line(e)) from e
     if resolve_weights:
         ctx.resolve()
     return opt
