@@ -193,6 +193,9 @@ def test_missing_lq_file_skipped(work, tmp_path, basicsr_log):
     assert len(ds) == len(names) - 2
     warnings = [r.getMessage() for r in basicsr_log if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and any(str(lq_dir / f'{names[0]}.png') in w for w in warnings)
+    # training crops larger than the images: skipped at start-up, not at the first unlucky item
+    with pytest.raises(ValueError, match=f'smaller than gt_size: {len(names)}'):
+        _dataset(dataroot=str(work), gt_size=68)
 
 
 def test_option_errors_are_one_line(work):

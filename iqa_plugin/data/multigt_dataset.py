@@ -134,6 +134,8 @@ class MultiGTDataset(data.Dataset):
         self.candidate_names = scan.candidate_names
         groups = scan.groups
         skipped = list(scan.skipped)
+        if self.train and self.lq_mode != 'realesrgan':  # realesrgan pads small images, as BasicSR does
+            groups = self._drop_small(groups, skipped)
         self.lq_paths = {}
         if self.lq_mode == 'disk':
             groups = self._attach_lq(groups, skipped)
@@ -178,6 +180,16 @@ class MultiGTDataset(data.Dataset):
                                   opt.get('candidate_folders'), opt.get('labels_csv'),
                                   check_sizes), str(opt['dataroot_gt'])
         raise ValueError(f"MultiGTDataset: unknown layout '{layout}'; known: hggt, generic")
+
+    def _drop_small(self, groups, skipped):
+        kept = []
+        for g in groups:
+            if g.size is not None and min(g.size) < self.gt_size:
+                skipped.append(L.Skip(g.name, 'too_small', str(g.paths[0]),
+                                      f'{g.size[0]}x{g.size[1]} is smaller than gt_size {self.gt_size}'))
+            else:
+                kept.append(g)
+        return kept
 
     def _attach_lq(self, groups, skipped):
         lq_dir = self.opt['dataroot_lq']

@@ -61,6 +61,7 @@ SKIP_REASONS = {
     'unreadable': 'unreadable image',
     'size_mismatch': 'mismatched sizes',
     'missing_lq': 'missing LQ file',
+    'too_small': 'smaller than gt_size',
 }
 
 
