@@ -43,7 +43,7 @@ def test_cli_package_layout():
     from test_layout import PACKAGE_DIR, import_graph
 
     import iqa_plugin.cli as c
-    assert [m.NAME for m in c.SUBCOMMANDS] == ['train', 'score', 'score-gts', 'weights', 'bench', 'demo', 'run',
+    assert [m.NAME for m in c.SUBCOMMANDS] == ['train', 'score', 'score-gts', 'weights', 'lora', 'bench', 'demo', 'run',
                                                   'make-multigt']
     modules, edges = import_graph(PACKAGE_DIR)
     assert 'iqa_plugin.relational_cli' not in modules and 'iqa_plugin.cli.common' in modules
