@@ -165,7 +165,8 @@ def test_resume_continues_same_sequence(tmp_path, block):
     paths = make_files(tmp_path, 4)
     if block['type'] == 'sma':
         block = {**block, 'scores': str(make_cache(tmp_path, paths, [0.1, 0.2, 0.3, 0.25]))}
-    batch = {**make_batch(torch.rand(6, 4), [[ORIG, POS, NEG, POS]] * 6), **path_batch(paths, [[ORIG, POS, NEG, POS]] * 6)}
+    labels = [[ORIG, POS, NEG, POS]] * 6
+    batch = {**make_batch(torch.rand(6, 4), labels), **path_batch(paths, labels)}
     first = gs.build_gt_strategy(block)
     for _ in range(5):
         first.choose(batch)
@@ -284,5 +285,6 @@ def test_bench_gt_sampling_smoke(capsys):
     assert 'gt-sampling' in BENCHES and describe('gt-sampling').startswith('time per training iteration')
     out = main(['--arch', 'small', '--batch', '1', '--candidates', '2', '--size', '32', '--repeats', '1',
                 '--device', 'cpu'])
-    assert out['ratio'] > 0 and 0 < out['scorer_share'] < 1 and set(out['per_arch']) == {'small'}
+    assert out['ratio'] > 0 and out['ratio_within'] > 0.5 and 0 < out['scorer_share'] < 1
+    assert set(out['per_arch']) == {'small'}
     assert 'amo / upos' in capsys.readouterr().out

@@ -72,7 +72,8 @@ def scorer_spec(block):
     if isinstance(block, str):
         block = {'type': block}
     if not isinstance(block, dict) or not isinstance(block.get('type'), str):
-        raise ValueError(f'gt_sampling.scorer must be a scoring-table metric name or {{type: NAME, ...}}, got {block!r}')
+        raise ValueError(f'gt_sampling.scorer must be a scoring-table metric name or {{type: NAME, ...}}, '
+                         f'got {block!r}')
     name = block['type']
     spec = scoring.get_spec(name)
     if spec.kind != 'nr':
