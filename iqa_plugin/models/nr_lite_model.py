@@ -14,7 +14,13 @@ Objective:
   divided by its root-mean-square over the batch; 0 for the references), so the score is
   comparable between images, which an NR metric needs;
 * ``anchor``: ``(logit(ref) - logit(ref_target))^2`` for the pristine references, which pins the
-  top of the (0, 1) scale (quality = sigmoid(logit)).
+  top of the (0, 1) scale (quality = sigmoid(logit));
+* ``hard`` (issue 12, off unless ``hard_weight > 0``): ``hard_per_group`` hard negatives made from
+  each reference patch (``hard_negatives``: constant mean colour, black or white, heavy blur,
+  3-level posterisation, uniform noise, over-sharpening halos) must score below every image of
+  their group: RankNet loss on every (group image, hard negative) pair. The pseudo-MOS ensemble
+  never sees them (full-reference metrics do not rank "black" against "JPEG q10" sensibly); they
+  are worse by construction.
 
 Options::
 
@@ -27,6 +33,8 @@ Options::
       ref_target: 0.9
       rank_sigma: 1.0          # logistic slope on logit differences
       rank_min_gap: 0.05
+      hard_weight: 0.0         # > 0 adds the hard-negative loss (see hard_negatives)
+      hard_per_group: 2        # hard negatives drawn per group (kinds sampled without replacement)
       ema_decay, augment, optim_g, scheduler, total_iter (see ``iqa_plugin.models.label_free_base.LabelFreeModel``)
     val: {val_freq: N, save_img: false}   # logs srcc / plcc / srcc_group / srcc_tier vs pseudo-MOS
 
@@ -50,6 +58,39 @@ def content_free_target(raw):
     ``raw_m / rms(raw_m)`` with the root-mean-square taken over the whole batch."""
     rms = raw.pow(2).mean(dim=(0, 1), keepdim=True).sqrt().clamp_min(1e-8)
     return (raw / rms).mean(2)
+
+
+HARD_KINDS = ('constant', 'black_white', 'heavy_blur', 'posterise', 'noise', 'halo')
+
+
+def _box_blur(x, k):
+    pad = k // 2
+    return torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (pad, pad, pad, pad), mode='replicate'),
+                                          k, stride=1)
+
+
+def hard_negatives(ref, kinds, generator=None):
+    """Degenerate versions of pristine patches, worse than any graded distortion by construction.
+
+    Args:
+        ref: (B, 3, P, P) RGB in [0, 1].
+        kinds: (B, K) int tensor of indices into ``HARD_KINDS``.
+        generator: torch.Generator for the noise and the black/white choice.
+    Returns:
+        (B, K, 3, P, P) in [0, 1].
+    """
+    b = ref.shape[0]
+    gen = dict(generator=generator, device=ref.device) if generator is not None else dict(device=ref.device)
+    blur = _box_blur(_box_blur(ref, 9), 9)  # two box passes ~ Gaussian sigma 3.7
+    mild = _box_blur(ref, 5)
+    white = (torch.rand(b, 1, 1, 1, **gen) < 0.5).to(ref.dtype)
+    cand = torch.stack([ref.mean(dim=(2, 3), keepdim=True).expand_as(ref),
+                        white.expand_as(ref),
+                        blur,
+                        torch.round(ref * 2) / 2,
+                        torch.rand(ref.shape, **gen).to(ref.dtype),
+                        (ref + 4.0 * (ref - mild)).clamp(0, 1)], 1)  # (B, len(HARD_KINDS), 3, P, P)
+    return cand[torch.arange(b, device=ref.device).unsqueeze(1), kinds.to(ref.device)]
 
 
 def variance_preserving_init(net, slope=0.2):
@@ -93,6 +134,11 @@ class NRLiteModel(LabelFreeModel):
             raise ValueError(f'ref_target must be in (0, 1), got {self.ref_target}')
         self.rank_sigma = float(t.get('rank_sigma', 1.0))
         self.rank_min_gap = float(t.get('rank_min_gap', 0.05))
+        self.hard_weight = float(t.get('hard_weight', 0.0))
+        self.hard_per_group = int(t.get('hard_per_group', 2))
+        if self.hard_weight and not 1 <= self.hard_per_group <= len(HARD_KINDS):
+            raise ValueError(f'hard_per_group must be in 1..{len(HARD_KINDS)}, got {self.hard_per_group}')
+        self._hard_gen = torch.Generator().manual_seed(int(self.opt.get('manual_seed') or 0))
 
     def compute_losses(self):
         b, n = self.dist.shape[:2]
@@ -118,6 +164,15 @@ class NRLiteModel(LabelFreeModel):
         if self.anchor_weight:
             target_logit = math.log(self.ref_target / (1.0 - self.ref_target))
             losses['l_anchor'] = self.anchor_weight * (logit[:, 0] - target_logit).pow(2).mean()
+        if self.hard_weight:
+            kinds = torch.stack([torch.randperm(len(HARD_KINDS), generator=self._hard_gen)[:self.hard_per_group]
+                                 for _ in range(b)])
+            hard = hard_negatives(self.ref.detach().cpu(), kinds, self._hard_gen).to(self.ref)
+            k = hard.shape[1]
+            bad_hard = -net.head(net.features(hard.reshape(b * k, *hard.shape[2:]))).view(b, 1, k)
+            # every (group image, hard negative) pair: the hard negative must be worse
+            losses['l_hard'] = self.hard_weight * torch.nn.functional.softplus(
+                self.rank_sigma * (bad.unsqueeze(2) - bad_hard)).mean()
         return losses
 
     @staticmethod
