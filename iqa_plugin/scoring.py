@@ -94,6 +94,10 @@ METRICS = {
     'niqe-fitted': MetricSpec('iqa_plugin.archs.niqe_fitted_arch:build_niqe_fitted_scorer', 'nr', True,
                               {'weights': 'niqe-fitted'}, 'NIQE fitted on this project\'s pristine photos; flat '
                               'images score 100 (ships with the package)', (0.0, 100.0), 96, _NSS),
+    'lgdm': MetricSpec('iqa_plugin.archs.lgdm_arch:build_lgdm_scorer', 'nr', False, {},
+                       'LGDM-style hyperfeatures of frozen Stable Diffusion 1.x + trained regressor (needs diffusers, '
+                       'SD weights, a regressor file)', (0.0, 1.0), 64,
+                       'guided diffusion passes per call, not differentiable w.r.t. the image'),
 }
 # pyiqa no-reference metrics (weights through pyiqa's cache or weights_path); direction and range as
 # pyiqa's DEFAULT_CONFIGS give them (checked against pyiqa in tests/test_scoring.py).
