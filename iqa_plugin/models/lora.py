@@ -59,7 +59,7 @@ def adaptable_modules(net):
     """(name, layer) of every ``nn.Linear`` and ``nn.Conv2d`` of ``net``, by their names before injection
     (an adapted layer's ``x.base_layer`` is reported as ``x``; LoRA's own layers are left out)."""
     suffix = '.base_layer'
-    return [(n[:-len(suffix)] if n.endswith(suffix) else n, m) for n, m in net.named_modules()
+    return [(n.removesuffix(suffix), m) for n, m in net.named_modules()
             if type(m) in (nn.Linear, nn.Conv2d) and 'lora_' not in n]
 
 
@@ -190,7 +190,7 @@ def read_weights(path):
         return torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError as e:
         raise LoRAError(f'weights file not found: {path}') from e
-    except Exception as e:  # noqa: BLE001  (pickle/zip errors of a corrupt or foreign file)
+    except Exception as e:
         raise LoRAError(f'cannot read weights file {path}: {type(e).__name__}: {str(e).splitlines()[0]}') from e
 
 
@@ -210,7 +210,7 @@ def base_params(obj, param_key='params', path='base'):
         state = obj
     else:
         raise LoRAError(f'{path}: no {param_key!r} or params state dict in the file')
-    return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+    return OrderedDict((k.removeprefix('module.'), v) for k, v in state.items())
 
 
 def load_base(net, state, path='base'):
