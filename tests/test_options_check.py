@@ -159,8 +159,9 @@ def test_scorer_blocks_under_train(empty_weights_dir):
     """``scorer:`` sub-blocks (GT selection strategies) name a table metric; their weights are resolved."""
     ok = iqa(train={'gt_sampling': {'type': 'amo', 'scorer': {'type': 'nr-lite'}}})
     check(ok)
-    check(iqa(train={'gt_sampling': {'type': 'amo', 'scorer': 'relational'}}))
-    check(iqa(train={'gt_sampling': {'type': 'amo', 'nested': [{'scorer': {'type': 'nr-lite', 'pretrained': False}}]}}))
+    msg = error_of(iqa(train={'gt_sampling': {'type': 'amo', 'scorer': 'relational'}}))
+    assert msg.startswith('train.gt_sampling') and "'relational' is a full-reference metric" in msg
+    check(iqa(train={'selector': {'nested': [{'scorer': {'type': 'nr-lite', 'pretrained': False}}]}}))
     msg = error_of(iqa(train={'gt_sampling': {'type': 'amo', 'scorer': {'type': 'musiq'}}}))
     assert msg.startswith('train.gt_sampling.scorer (musiq): ') and 'musiq_koniq' in msg
     msg = error_of(iqa(train={'gt_sampling': {'type': 'amo', 'scorer': {'type': 'nr-lit'}}}))

@@ -414,9 +414,9 @@ def _check_train(train, ctx):
                 check_loss_block(block, f'train.iqa_opt.{name}', ctx)
         elif k.endswith('_opt') and k not in _TRAIN_NON_LOSS and isinstance(v, dict) and 'type' in v:
             check_loss_block(v, f'train.{k}', ctx)
+    _walk_scorers(train, 'train', ctx)
     if train.get('gt_sampling') is not None:
         _check_gt_sampling(train['gt_sampling'])
-    _walk_scorers(train, 'train', ctx)
 
 
 def _check_gt_sampling(block):
