@@ -20,7 +20,7 @@ higher = better, so lower-better metrics are negated):
   3-level posterisation of the first photo, each compared with the lowest-scoring clean photo
   (``below`` = scored below every clean photo).
 
-Scorers: ``nr-lite`` (the shipped weights), ``niqe-fitted`` (the packaged fit, or ``--niqe-fitted``), two baselines
+Scorers: ``nr-lite`` (the shipped weights; ``--nr-lite-candidate`` adds retrained files), ``niqe-fitted`` (the packaged fit, or ``--niqe-fitted``), two baselines
 (Laplacian variance and RMS contrast of the luma, higher = better) and every pyiqa NR model of the scoring
 table whose weights are on this machine (listed as skipped otherwise). The last line is JSON.
 """
@@ -128,12 +128,14 @@ class _Baseline(nn.Module):
         return y.flatten(1).std(1)
 
 
-def build_scorers(niqe_fitted, pyiqa_models=True):
+def build_scorers(niqe_fitted, nr_lite_candidates=(), pyiqa_models=True):
     scorers, skipped = {}, {}
     try:
         scorers['nr-lite'] = get_cached_metric('nr-lite')
     except Exception as e:
         skipped['nr-lite'] = str(e).splitlines()[0]
+    for path in nr_lite_candidates:  # retrained checkpoints (nr_lite_<iter>.pth) next to the shipped one
+        scorers[f'nr-lite {Path(path).stem}'] = get_cached_metric('nr-lite', weights_path=path)
     try:  # an explicit fitted file, else the packaged entry of the scoring table
         kw = {'weights_path': niqe_fitted} if niqe_fitted else {}
         scorers['niqe-fitted'] = get_cached_metric('niqe-fitted', **kw)
@@ -214,6 +216,7 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='6 Set14 photos, 6 pseudo-MOS groups (a few minutes)')
     p.add_argument('--niqe-fitted', default=None,
                    help='fitted NIQE file (python -m iqa_plugin.archs.niqe_fitted_arch fit); default: the packaged one')
+    p.add_argument('--nr-lite-candidate', nargs='*', default=(), help='retrained nr-lite files to compare')
     p.add_argument('--no-pmos', action='store_true', help='skip the pseudo-MOS SRCC (the slowest part)')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--seed', type=int, default=7)
@@ -233,7 +236,7 @@ def main(argv=None):
     groups = [] if args.no_pmos else pmos_groups(args.dataroot, args.size, args.limit, args.seed)
     print(f'{len(clean)} photos of {args.size} px, {len(dists)} distortion types, {len(groups)} pseudo-MOS groups '
           f'of 8 ({time.perf_counter() - t0:.0f} s)', file=sys.stderr)
-    scorers, skipped = build_scorers(args.niqe_fitted)
+    scorers, skipped = build_scorers(args.niqe_fitted, args.nr_lite_candidate)
     results = {}
     for name, sc in scorers.items():
         t = time.perf_counter()
