@@ -3,8 +3,9 @@ posterised) below clean photos (issue 12). Images are made at test time: scikit-
 centre-cropped and resized to 192 px (not the held-out set of docs/scripts/eval_nr_offline.py).
 
 ``niqe-fitted`` (the NIQE pristine model fitted on ../shared's training photos) must keep the ordering for
-every kind but heavy blur (its known failure, pinned by a strict test); the shipped ``nr-lite`` 0.1.0 does not (it rates black and flat grey above photos): strict xfail, so the
-test starts failing, and the mark must be removed, once a retrained nr-lite fixes it.
+every kind but heavy blur (its known failure, pinned by a strict test); the shipped ``nr-lite`` 0.1.0 does
+not (it rates black and flat grey above photos): strict xfail, so the test starts failing, and the mark
+must be removed, once a retrained nr-lite fixes it.
 """
 import math
 

@@ -20,9 +20,10 @@ higher = better, so lower-better metrics are negated):
   3-level posterisation of the first photo, each compared with the lowest-scoring clean photo
   (``below`` = scored below every clean photo).
 
-Scorers: ``nr-lite`` (the shipped weights; ``--nr-lite-candidate`` adds retrained files), ``niqe-fitted`` (the packaged fit, or ``--niqe-fitted``), two baselines
-(Laplacian variance and RMS contrast of the luma, higher = better) and every pyiqa NR model of the scoring
-table whose weights are on this machine (listed as skipped otherwise). The last line is JSON.
+Scorers: ``nr-lite`` (the shipped weights; ``--nr-lite-candidate`` adds retrained files), ``niqe-fitted``
+(the packaged fit, or ``--niqe-fitted``), two baselines (Laplacian variance and RMS contrast of the luma,
+higher = better) and every pyiqa NR model of the scoring table whose weights are on this machine (listed
+as skipped otherwise). The last line is JSON.
 """
 import argparse
 import io
