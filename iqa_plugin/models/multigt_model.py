@@ -19,6 +19,7 @@ chosen candidates' mean score go to the log and TensorBoard (``gt_sampling/...``
 All IQA features of ``IQAModelMixin`` (losses, validators, checkpoint selection) work unchanged.
 """
 import inspect
+import random
 
 import torch
 from basicsr.models.esrgan_model import ESRGANModel
@@ -43,6 +44,21 @@ def is_full_reference(block):
     if name not in METRIC_REGISTRY:
         return False
     return 'img2' in inspect.signature(METRIC_REGISTRY.get(name)).parameters
+
+
+def crop_candidates(data, size):
+    """One random ``size`` window (BasicSR's ``random``) of every candidate and of 'gt', for a whole batch."""
+    cands = data['gt_candidates']
+    h, w = cands.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f'multi-GT candidates {h}x{w} are smaller than gt_size {size}')
+    if (h, w) == (size, size):
+        return data
+    top, left = random.randint(0, h - size), random.randint(0, w - size)
+    out = dict(data)
+    out['gt_candidates'] = cands[..., top:top + size, left:left + size].contiguous()
+    out['gt'] = out['gt_candidates'][:, 0].clone()
+    return out
 
 
 class MultiGTMixin:
@@ -131,9 +147,17 @@ class MultiGTESRGANModel(MultiGTMixin, IQAModelMixin, ESRGANModel):
 class MultiGTRealESRGANModel(MultiGTMixin, IQARealESRGANModel):
     """RealESRGANModel (HGGT's recipe: LQ degraded on the fly from the original) trained on a chosen GT.
 
-    The dataset crops every candidate to ``gt_size`` (so BasicSR's crop after the degradation keeps the
-    window), and the chosen GT travels through Real-ESRGAN's training queue with its LQ.
+    ``MultiGTDataset`` (``lq_mode: realesrgan``) returns the candidates padded to ``crop_pad_size`` as
+    BasicSR's ``RealESRGANDataset`` does; here they are all cropped to ``gt_size`` at one random window
+    before the degradation, so the LQ is made from that window of the original and BasicSR's crop after
+    the degradation keeps it (the only difference to Real-ESRGAN: the blur sees the crop, not the padded
+    image). The chosen GT travels through Real-ESRGAN's training queue with its LQ.
     """
+
+    def feed_data(self, data):
+        if self.is_train and not getattr(self, 'validating', False) and 'gt_candidates' in data:
+            data = crop_candidates(data, int(self.opt['gt_size']))
+        super().feed_data(data)
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self):
