@@ -35,6 +35,6 @@ setup(
         'tqdm',
         'numpy',
     ],
-    extras_require={'test': ['pytest'], 'latent': ['diffusers']},
+    extras_require={'test': ['pytest', 'diffusers'], 'latent': ['diffusers']},
     entry_points={'console_scripts': ['iqa-plugin=iqa_plugin.cli:main']},
 )
