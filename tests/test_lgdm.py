@@ -129,11 +129,24 @@ def test_regressor_training_and_weights_file(sd_folder, tmp_path):
         losses.append(float(model.log_dict['l_mse']))
     assert calls == [8]  # features extracted once, then cached
     assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+    # held-out validation: SRCC/PLCC of the predictions in metric_results (and the log)
+    loader = type('Loader', (list,), {})([data])
+    loader.dataset = type('DS', (), {'opt': {'name': 'toy_val'}})()
+    model.nondist_validation(loader, 80, None)
+    assert model.metric_results['srcc'] > 0.9 and set(model.metric_results) == {'srcc', 'plcc', 'rmse'}
+    # pseudo-MOS groups: reference first, quality = -pmos, the reference ref_margin above its best version
+    group = {'ref': x[:1], 'dist': x[1:4][None], 'pmos': level[1:4][None], 'ref_path': ['r.png'],
+             'index': torch.tensor([0])}
+    model.feed_data(group)
+    assert model.feat.shape == (4, model.extractor.dim)
+    want_q = torch.cat([-level[1:2] + 1.0, -level[1:4]]) / 0.3
+    assert torch.allclose(model.target, want_q, atol=1e-6)
     model.save_feature_cache()
     assert (tmp_path / 'f.pt').is_file()
     path = model.save_plain(80)
     scorer = lgdm_arch.build_lgdm_scorer(weights_path=path)
     model.net_g.eval()
+    model.feed_data(data)  # cached features of the 8 training images
     with torch.no_grad():
         want = model.net_g(model.feat)
     got = scorer(x)['lgdm']

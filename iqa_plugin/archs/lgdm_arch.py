@@ -41,6 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from basicsr.utils.registry import ARCH_REGISTRY
+
 from iqa_plugin import weights as wm
 from iqa_plugin.nriqa import NRScorer
 
@@ -388,6 +390,10 @@ class LGDMRegressor(nn.Module):
 
     def forward(self, f):
         return self.head(self.norm(f.float())).squeeze(1)
+
+
+if 'LGDMRegressor' not in ARCH_REGISTRY:  # (``python -m`` of this file runs it a second time)
+    ARCH_REGISTRY.register(LGDMRegressor)
 
 
 class LGDMNet(nn.Module):
