@@ -53,8 +53,8 @@ def loss(block, model='IQASRModel'):
 
 
 # ------------------------------------------------------------------------------------------ shipped files
-# checked with their data roots pointed at a set made at test time (tests/test_multigt_options.py)
-_DATA_BOUND = ('options/train/multigt',)
+# checked with their data roots pointed at a set made at test time (tests/test_multigt_options.py, test_lora.py)
+_DATA_BOUND = ('options/train/multigt', 'options/train/lora')  # lora files: tests/test_lora.py
 
 
 def _shipped_option_files():
