@@ -54,7 +54,7 @@ def loss(block, model='IQASRModel'):
 
 # ------------------------------------------------------------------------------------------ shipped files
 # checked with their data roots pointed at a set made at test time (tests/test_multigt_options.py, test_lora.py)
-_DATA_BOUND = ('options/train/multigt', 'options/train/lora')  # lora files: tests/test_lora.py
+_DATA_BOUND = ('options/train/multigt', 'options/train/lora', 'options/repro')  # lora: test_lora.py, repro: test_repro_options.py
 
 
 def _shipped_option_files():
