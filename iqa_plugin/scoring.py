@@ -44,6 +44,8 @@ class MetricSpec:
         weight_options: pairs (entry option, explicit-path option) naming weights-manager entries
             (``iqa_plugin.weights``) that the factory loads, e.g. ('weights', 'weights_path').
         pyiqa: the metric's files are pyiqa's published files (``iqa_plugin.nriqa``).
+        resolver: for weights the weights manager does not hold as files (a Stable Diffusion folder), a
+            ``'module:function'`` that resolves them (``allow_download`` and the factory options as keywords).
     """
     factory: str
     kind: str
@@ -55,6 +57,7 @@ class MetricSpec:
     loss: str = ''
     weight_options: tuple = (('weights', 'weights_path'),)
     pyiqa: bool = False
+    resolver: str = ''  # 'module:function(allow_download=..., **options) -> [paths]' for weights that are not files
 
     @property
     def better(self):
@@ -97,7 +100,8 @@ METRICS = {
     'lgdm': MetricSpec('iqa_plugin.archs.lgdm_arch:build_lgdm_scorer', 'nr', False, {},
                        'LGDM-style hyperfeatures of frozen Stable Diffusion 1.x + trained regressor (needs diffusers, '
                        'SD weights, a regressor file)', (0.0, 1.0), 64,
-                       'guided diffusion passes per call, not differentiable w.r.t. the image'),
+                       'guided diffusion passes per call, not differentiable w.r.t. the image', weight_options=(),
+                       resolver='iqa_plugin.archs.lgdm_arch:resolve_lgdm_weights'),
 }
 # pyiqa no-reference metrics (weights through pyiqa's cache or weights_path); direction and range as
 # pyiqa's DEFAULT_CONFIGS give them (checked against pyiqa in tests/test_scoring.py).
@@ -263,6 +267,9 @@ def resolve_weights(name, allow_download=True, **kwargs):
             paths.extend(import_factory('iqa_plugin.nriqa:resolve_metric_files')(value, allow_download))
         elif kind == 'hf':
             import_factory('iqa_plugin.nriqa:check_qalign_snapshot')()
+    spec = get_spec(name)
+    if spec.resolver:
+        paths.extend(import_factory(spec.resolver)(allow_download=allow_download, **_options(name, kwargs)))
     return paths
 
 

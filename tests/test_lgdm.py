@@ -191,3 +191,19 @@ def test_missing_sd_weights_offline(monkeypatch, tmp_path):
         lgdm_arch.resolve_sd_folder(str(tmp_path))
     with pytest.raises(wm.WeightsError, match='needs a trained regressor'):
         create_metric('lgdm')
+
+
+def test_preflight_resolves_the_sd_folder(monkeypatch, tmp_path):
+    """The option pre-flight sees lgdm's Stable Diffusion folder and regressor file before anything is written."""
+    pytest.importorskip('diffusers')
+    from iqa_plugin import scoring
+    from iqa_plugin.utils.options_check import OptionError, check_options
+
+    monkeypatch.setenv('IQA_PLUGIN_OFFLINE', '1')
+    ok, reason = scoring.available_offline('lgdm', pretrained=False, sd_path=str(tmp_path / 'no_sd'))
+    assert not ok and 'no_sd' in reason
+    opt = {'model_type': 'IQASRModel',
+           'val': {'metrics': {'q': {'type': 'calculate_iqa', 'metric': 'lgdm', 'sd_path': str(tmp_path / 'no_sd'),
+                                     'pretrained': False}}}}
+    with pytest.raises(OptionError, match='no_sd'):
+        check_options(opt)

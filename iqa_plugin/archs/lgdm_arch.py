@@ -137,6 +137,26 @@ def resolve_sd_folder(sd_path=SD15_HUB_ID, allow_download=True):
         raise wm.WeightsError(wm.missing_message(what, files, url, searched, reason, hint)) from e
 
 
+def resolve_lgdm_weights(allow_download=True, sd_path=None, weights_path=None, pretrained=True, **_):
+    """Everything ``build_lgdm_scorer`` with these options loads, resolved without building it (the option
+    pre-flight and ``score --help`` call this through ``scoring.resolve_weights``): diffusers, the regressor
+    file and the Stable Diffusion folder. Returns [regressor file, SD folder]; raises as the factory would."""
+    import_diffusers()
+    paths = []
+    if weights_path:
+        path = Path(os.path.expanduser(str(weights_path)))
+        if not path.is_file():
+            raise wm.WeightsError(f"weights file for 'lgdm' not found: {path}")
+        cfg = wm.unwrap_state_dict(wm.load_state_dict(path), path)[1] or {}
+        sd_path = sd_path or (cfg.get('features') or {}).get('sd_path')
+        paths.append(path)
+    elif pretrained:
+        raise wm.WeightsError("lgdm needs a trained regressor: give weights_path (a file written by "
+                              "LGDMRegressorModel, options/metrics/train_lgdm.yml)")
+    paths.append(resolve_sd_folder(sd_path or SD15_HUB_ID, allow_download=allow_download))
+    return paths
+
+
 def load_sd_components(folder, prompt='auto'):
     """(unet, vae, alphas_cumprod (1000,), text embedding (1, 77, D) or None) from a diffusers folder.
 
