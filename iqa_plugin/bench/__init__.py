@@ -14,6 +14,7 @@ BENCHES = {
     'nriqa': 'iqa_plugin.bench.nriqa_bench:main',
     'cli': 'iqa_plugin.bench.cli_bench:main',
     'gt-sampling': 'iqa_plugin.bench.gt_sampling_bench:main',
+    'lora': 'iqa_plugin.bench.lora_bench:main',
 }
 
 
