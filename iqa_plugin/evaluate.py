@@ -216,8 +216,9 @@ def _pyiqa_fr(name, device):
     calib, backbone_file = [wm.first_file(wf.search_paths()) for wf in _pyiqa_fr_files(name)]
     arch, _ = _TORCHVISION[name]
     backbone = getattr(torchvision.models, arch)(weights=None)
-    backbone.load_state_dict(torch.load(backbone_file, map_location='cpu', weights_only=True))
-    with _patched(torchvision.models, arch, lambda *a, **k: backbone):
+    sd = torch.load(backbone_file, map_location='cpu', weights_only=True)
+    backbone.features.load_state_dict({k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')})
+    with _patched(torchvision.models, arch, lambda *a, **k: backbone):  # the only features these nets use
         if name == 'lpips':
             from pyiqa.archs.lpips_arch import LPIPS
             net = LPIPS(pretrained=False, net='alex', version='0.1')
@@ -225,12 +226,12 @@ def _pyiqa_fr(name, device):
             from pyiqa.archs.dists_arch import DISTS
             net = DISTS(pretrained=False)
     sd = read_weights(calib)
-    own = net.state_dict()
-    calibrated = [k for k in own if not k.startswith(('net.', 'stage'))]  # everything but the backbone
+    # the calibrated tensors: LPIPS' linear heads lin0..lin4 (``lins`` shares them), DISTS' alpha and beta
+    calibrated = [k for k in net.state_dict() if (k[:3] == 'lin' and k[3:4].isdigit()) or k in ('alpha', 'beta')]
     missing = [k for k in calibrated if k not in sd]
     if missing:
         raise wm.WeightsError(f'weights file {calib} lacks {missing[0]} of {name}; wrong file?')
-    net.load_state_dict({**own, **{k: sd[k] for k in calibrated}})
+    net.load_state_dict({k: sd[k] for k in calibrated}, strict=False)
     net = net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)

@@ -176,3 +176,41 @@ def test_pil_plots_without_matplotlib(data, tmp_path, monkeypatch):
     assert sorted(Path(f).name for f in files) == ['bar_nr-lite.png', 'bar_psnr.png', 'scatter_nr-lite_vs_psnr.png']
     with Image.open(files[0]) as im:
         assert im.size == (480, 320)
+
+
+def test_lpips_from_local_files_with_inputs_in_minus_one_one(data, tmp_path, monkeypatch):
+    """LPIPS-Alex is built from the local files only (stand-in weights here): 0 for identical images, and the
+    value equals pyiqa's own LPIPS (loaded from the same files) on [0, 1] inputs with normalize=True."""
+    import torch
+    import torchvision
+
+    from iqa_plugin.evaluate import _pyiqa_fr_files, build_metrics, pyiqa_fr_available
+
+    wdir = tmp_path / 'w'
+    wdir.mkdir()
+    monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(wdir))
+    assert not pyiqa_fr_available('lpips')[0]
+    calib, backbone = _pyiqa_fr_files('lpips')
+    torch.manual_seed(0)
+    alex = torchvision.models.alexnet(weights=None)
+    torch.save({f'features.{k}': v for k, v in alex.features.state_dict().items()}, wdir / backbone.filename)
+    torch.save({f'lin{i}.model.1.weight': torch.rand(1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))},
+               wdir / calib.filename)
+    assert pyiqa_fr_available('lpips') == (True, '')
+    (m,), skipped = build_metrics(['lpips'], 'cpu')
+    assert not skipped and m.kind == 'fr' and m.lower_better
+    x = torch.rand(2, 3, 64, 64)
+    y = (x + 0.2 * torch.rand_like(x)).clamp(0, 1)
+    same, diff = m.fn(x, x), m.fn(x, y)
+    assert max(abs(v) for v in same) < 1e-6 and min(diff) > 0
+    from pyiqa.archs.lpips_arch import LPIPS
+
+    from iqa_plugin.nriqa import _patched
+    with _patched(torchvision.models, 'alexnet', lambda *a, **k: alex):
+        ref = LPIPS(pretrained=False, net='alex', version='0.1',
+                    pretrained_model_path=str(wdir / calib.filename)).eval()
+    with torch.no_grad():  # pyiqa's normalize=True maps [0, 1] to [-1, 1]: what evaluate feeds it directly
+        expect = ref(x, y, normalize=True).reshape(-1).tolist()
+    assert diff == pytest.approx(expect, rel=1e-5)  # same float32 network, same inputs
+    res = run_eval([data / 'low'], data / 'src' / 'HR', metrics='lpips', device='cpu')
+    assert res['metrics'] == ['lpips'] and res['methods'][0]['means']['lpips'] > 0
