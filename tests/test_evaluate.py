@@ -214,3 +214,15 @@ def test_lpips_from_local_files_with_inputs_in_minus_one_one(data, tmp_path, mon
     assert diff == pytest.approx(expect, rel=1e-5)  # same float32 network, same inputs
     res = run_eval([data / 'low'], data / 'src' / 'HR', metrics='lpips', device='cpu')
     assert res['metrics'] == ['lpips'] and res['methods'][0]['means']['lpips'] > 0
+
+
+def test_hggt_image_set_with_labels_equals_the_root(data):
+    """--gt <set images> --labels <set labels> is the root's protocol; the image set alone is single-GT."""
+    root = run_eval([data / 'high'], data / 'set', metrics='psnr', device='cpu')
+    split = run_eval([data / 'high'], data / 'set' / 'images' / 'test', labels=data / 'set' / 'labels' / 'test',
+                     metrics='psnr', device='cpu')
+    alone = run_eval([data / 'high'], data / 'set' / 'images' / 'test', metrics='psnr', device='cpu')
+    assert split['protocol'] == 'multi-gt' and alone['protocol'] == 'single-gt'
+    assert split['methods'][0]['means'] == root['methods'][0]['means']
+    assert {r['image']: r['n_gt'] for r in split['per_image']} == {r['image']: r['n_gt'] for r in root['per_image']}
+    assert all(r['n_gt'] == 1 for r in alone['per_image'])
