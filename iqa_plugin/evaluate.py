@@ -211,14 +211,14 @@ def _pyiqa_fr(name, device):
     import torchvision
 
     from iqa_plugin import weights as wm
-    from iqa_plugin.nriqa import _patched, read_weights
+    from iqa_plugin.nriqa import patched_attribute, read_weights
 
     calib, backbone_file = [wm.first_file(wf.search_paths()) for wf in _pyiqa_fr_files(name)]
     arch, _ = _TORCHVISION[name]
     backbone = getattr(torchvision.models, arch)(weights=None)
     sd = torch.load(backbone_file, map_location='cpu', weights_only=True)
     backbone.features.load_state_dict({k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')})
-    with _patched(torchvision.models, arch, lambda *a, **k: backbone):  # the only features these nets use
+    with patched_attribute(torchvision.models, arch, lambda *a, **k: backbone):  # the only features these nets use
         if name == 'lpips':
             from pyiqa.archs.lpips_arch import LPIPS
             net = LPIPS(pretrained=False, net='alex', version='0.1')

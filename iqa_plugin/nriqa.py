@@ -159,7 +159,8 @@ _build_lock = threading.Lock()  # the builders patch module attributes of pyiqa 
 
 
 @contextlib.contextmanager
-def _patched(module, name, value):
+def patched_attribute(module, name, value):
+    """Within the block, ``module.name`` is ``value`` (how pyiqa's constructors are kept from downloading)."""
     old = getattr(module, name)
     setattr(module, name, value)
     try:
@@ -253,7 +254,7 @@ def _build_musiq():
 
 def _build_nima():
     from pyiqa.archs import nima_arch
-    with _patched(nima_arch, 'timm', _TimmNoDownload()):
+    with patched_attribute(nima_arch, 'timm', _TimmNoDownload()):
         return nima_arch.NIMA(base_model_name='inception_resnet_v2', train_dataset='ava', num_classes=10,
                               pretrained=False)
 
@@ -266,7 +267,7 @@ def _build_topiq_nr():
 
 def _build_paq2piq():
     from pyiqa.archs import paq2piq_arch
-    with _patched(paq2piq_arch, 'tv', _torchvision_no_download()):
+    with patched_attribute(paq2piq_arch, 'tv', _torchvision_no_download()):
         return paq2piq_arch.PAQ2PIQ(pretrained=False)
 
 
@@ -313,7 +314,7 @@ def _build_liqe():
 def _build_clipiqa():
     _import_clip()
     from pyiqa.archs import clipiqa_arch
-    with _patched(clipiqa_arch, 'load', lambda backbone, device='cpu': _random_clip(backbone)):
+    with patched_attribute(clipiqa_arch, 'load', lambda backbone, device='cpu': _random_clip(backbone)):
         net = clipiqa_arch.CLIPIQA(model_type='clipiqa', backbone='RN50', pretrained=False)
     net.clip_backbone = net.clip_model[0]  # registered too, so .to(device) and state_dict see it
     return net
