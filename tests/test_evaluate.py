@@ -205,8 +205,8 @@ def test_lpips_from_local_files_with_inputs_in_minus_one_one(data, tmp_path, mon
     assert max(abs(v) for v in same) < 1e-6 and min(diff) > 0
     from pyiqa.archs.lpips_arch import LPIPS
 
-    from iqa_plugin.nriqa import _patched
-    with _patched(torchvision.models, 'alexnet', lambda *a, **k: alex):
+    from iqa_plugin.nriqa import patched_attribute
+    with patched_attribute(torchvision.models, 'alexnet', lambda *a, **k: alex):
         ref = LPIPS(pretrained=False, net='alex', version='0.1',
                     pretrained_model_path=str(wdir / calib.filename)).eval()
     with torch.no_grad():  # pyiqa's normalize=True maps [0, 1] to [-1, 1]: what evaluate feeds it directly
