@@ -187,22 +187,11 @@ def get_cached_metric(name, device=None, **kwargs):
     # 'milo-pseudomos'; a loss and a validator) share one network.
     factory = get_spec(name).factory
     full = {**_factory_defaults(factory), **opts}
-    key = (factory, str(device), tuple(sorted((k, repr(v)) for k, v in full.items())), _located_files(name, opts))
+    key = (factory, str(device), tuple(sorted((k, repr(v)) for k, v in full.items())))
     with _cache_lock:
         if key not in _cache:
             _cache[key] = create_metric(name, device=device, **opts)
         return _cache[key]
-
-
-def _located_files(name, opts):
-    """Where the metric's weights-manager files are now (stat calls, no hashing): part of the cache key, so a
-    network is rebuilt (and a missing file reported) when its file moves or disappears."""
-    from iqa_plugin import weights as wm
-
-    try:
-        return tuple(str(wm.locate(value)) for kind, value in weight_requirements(name, **opts) if kind == 'entry')
-    except wm.WeightsError:
-        return ()
 
 
 def clear_cache():

@@ -139,5 +139,17 @@ def tiny_sr(tmp_path):
     return make_sr_folder(tmp_path / 'data')
 
 
+@pytest.fixture(scope='session')
+def multigt_set(tmp_path_factory):
+    """A small HGGT-layout multi-GT set (set '0-20193', 3 groups of 96 px) written by ``make-multigt``;
+    shared by the option-file tests, which only read it."""
+    from iqa_plugin.multigt_make import make_multigt
+
+    root = tmp_path_factory.mktemp('multigt')
+    src = make_sr_folder(root / 'src', n=3, size=96)
+    make_multigt(src / 'HR', root / 'set', set_name='0-20193', seed=0)
+    return root / 'set'
+
+
 def pytest_collection_modifyitems(config, items):
     os.environ.setdefault('OMP_NUM_THREADS', '2')

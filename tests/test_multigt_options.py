@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 import iqa_plugin  # noqa: F401
-from conftest import make_sr_folder
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / 'options' / 'train' / 'multigt'
@@ -24,15 +23,6 @@ TINY_NETS = {
     'rrdb': {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'num_grow_ch': 4},
 }
 
-
-@pytest.fixture(scope='module')
-def multigt_set(tmp_path_factory):
-    from iqa_plugin.multigt_make import make_multigt
-
-    root = tmp_path_factory.mktemp('multigt')
-    src = make_sr_folder(root / 'src', n=3, size=96)
-    make_multigt(src / 'HR', root / 'set', set_name='0-20193', seed=0)
-    return root / 'set'
 
 
 def child_options(tmp_path, name, data):

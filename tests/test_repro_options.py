@@ -15,7 +15,6 @@ import torch
 import yaml
 
 import iqa_plugin  # noqa: F401
-from conftest import make_sr_folder
 from test_multigt_options import TINY_NETS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,15 +33,6 @@ def split(name):
 def kind(row):
     return 'psnr' if row == 'psnr' else 'ft' if '_ft' in row else 'multigt'
 
-
-@pytest.fixture(scope='module')
-def multigt_set(tmp_path_factory):
-    from iqa_plugin.multigt_make import make_multigt
-
-    root = tmp_path_factory.mktemp('repro')
-    src = make_sr_folder(root / 'src', n=3, size=96)
-    make_multigt(src / 'HR', root / 'set', set_name='0-20193', seed=0)
-    return root / 'set'
 
 
 def test_repro_files_cover_the_table():

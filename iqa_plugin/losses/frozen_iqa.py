@@ -49,7 +49,10 @@ class FrozenIQALoss(nn.Module):
         self.reduction = reduction
         self.out_of_range = out_of_range
         self.progress = 0.0
-        self.frozen_scorer(torch.device('cpu'))  # missing weights fail here, not at the first step
+        # Missing weights fail here, not at the first step: resolved even when the cache already holds the
+        # network (a file that has gone since is reported, as a fresh process would report it).
+        scoring.resolve_weights(metric, **self.metric_opts)
+        self.frozen_scorer(torch.device('cpu'))
 
     @classmethod
     def metric_of(cls, **kwargs):

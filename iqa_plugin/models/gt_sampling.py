@@ -47,9 +47,9 @@ from pathlib import Path
 import torch
 
 from iqa_plugin import scoring
+from iqa_plugin.data.multigt_layout import LABEL_POSITIVE
 from iqa_plugin.weights import sha256sum
 
-LABEL_POSITIVE = 1  # iqa_plugin.data.multigt_layout.LABEL_POSITIVE (contract of issue 17)
 DEFAULT_SCORER = 'nr-lite'
 CACHE_FORMAT = 'iqa-plugin gt-scores 1'
 STAT_PREFIX = 'gt_sampling/'

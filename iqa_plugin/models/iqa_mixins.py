@@ -120,10 +120,6 @@ class IQAValidationMixin:
             if found is not None:
                 block.setdefault('better', scoring.get_spec(found[0]).better)
 
-    def _initialize_best_metric_results(self, dataset_name):
-        self._iqa_normalise_metrics()
-        super()._initialize_best_metric_results(dataset_name)
-
     def validation(self, dataloader, current_iter, tb_logger, save_img=False):
         steps = getattr(self, '_iqa_steps', 0)
         seen = getattr(self, '_iqa_validated', {})

@@ -28,11 +28,10 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
 from iqa_plugin import scoring
+from iqa_plugin.data.multigt_layout import LABEL_POSITIVE
 from iqa_plugin.models.iqa_gan_model import IQARealESRGANModel
 from iqa_plugin.models.iqa_mixins import IQAModelMixin
 from iqa_plugin.models.selection import validator_metric
-
-LABEL_POSITIVE = 1  # iqa_plugin.data.multigt_layout.LABEL_POSITIVE
 
 
 def is_full_reference(block):

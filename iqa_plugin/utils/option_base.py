@@ -67,7 +67,7 @@ def load_with_bases(path, _seen=()):
 def has_bases(path):
     """True when the option file at ``path`` names ``base:`` files."""
     try:
-        return isinstance(_read(path), dict) and 'base' in _read(path)
+        return 'base' in _read(path)
     except (OSError, yaml.YAMLError, OptionBaseError):
         return False
 
