@@ -15,6 +15,7 @@ from torch import nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from iqa_plugin import weights as wm
+from iqa_plugin.archs.nss_stats import NSSStats, RunningStandardise
 from iqa_plugin.nriqa import NRScorer
 
 MIN_SIZE = 32
@@ -42,29 +43,48 @@ class NRLite(nn.Module):
         channels (sequence of 5 ints): stem width, then the widths of the four stride-2 stages.
         hidden (int): width of the MLP head.
         pooled_stages (int): how many of the last stages are mean/std pooled into the head.
+        nss (bool): add the hand-crafted branch ``NSSStats`` (MSCN moments and neighbour correlations at
+            three scales, local contrast, colourfulness, high-frequency energy, 8x8 blockiness), standardised
+            by ``RunningStandardise``, to the head's input (``nr-lite`` 0.2.0).
+        cnn (bool): the convolutional branch (False: the head sees only the NSS statistics).
     Forward:
         x (Tensor): (B, 3, H, W) RGB in [0, 1], min(H, W) >= 32.
         returns (B,) quality in (0, 1), higher = better.
     """
 
-    def __init__(self, channels=(16, 24, 32, 48, 64), hidden=64, pooled_stages=3):
+    def __init__(self, channels=(16, 24, 32, 48, 64), hidden=64, pooled_stages=3, nss=False, cnn=True):
         super().__init__()
+        if not (nss or cnn):
+            raise ValueError('NRLite: needs the CNN branch (cnn=True), the NSS branch (nss=True) or both')
         channels = tuple(int(c) for c in channels)
         if len(channels) != 5:
             raise ValueError(f'NRLite: channels needs 5 widths (stem + 4 stages), got {channels}')
         if not 1 <= pooled_stages <= 4:
             raise ValueError(f'NRLite: pooled_stages must be in 1..4, got {pooled_stages}')
         self.channels, self.hidden, self.pooled_stages = channels, int(hidden), int(pooled_stages)
-        self.stem = nn.Sequential(nn.Conv2d(3, channels[0], 3, 1, 1), nn.LeakyReLU(0.2))
-        self.stages = nn.ModuleList(_Stage(channels[i], channels[i + 1]) for i in range(4))
-        pooled = 2 * sum(channels[5 - pooled_stages:])
+        self.cnn = bool(cnn)
+        pooled = 0
+        if self.cnn:
+            self.stem = nn.Sequential(nn.Conv2d(3, channels[0], 3, 1, 1), nn.LeakyReLU(0.2))
+            self.stages = nn.ModuleList(_Stage(channels[i], channels[i + 1]) for i in range(4))
+            pooled = 2 * sum(channels[5 - pooled_stages:])
+        self.nss = NSSStats() if nss else None
+        if nss:
+            # hand-crafted statistics, standardised with estimates from the first training batches
+            self.nss_norm = RunningStandardise(NSSStats.num_features)
+            pooled += NSSStats.num_features
         self.head = nn.Sequential(nn.Linear(pooled, self.hidden), nn.LeakyReLU(0.2), nn.Linear(self.hidden, 1))
         self.register_buffer('mean', torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1), persistent=False)
 
     def config(self):
         """Constructor arguments (saved next to the weights so a scorer can rebuild the net)."""
-        return {'channels': list(self.channels), 'hidden': self.hidden, 'pooled_stages': self.pooled_stages}
+        cfg = {'channels': list(self.channels), 'hidden': self.hidden, 'pooled_stages': self.pooled_stages}
+        if self.nss is not None:  # absent for nss=False, so files of 0.1.0 keep their exact config
+            cfg['nss'] = True
+        if not self.cnn:
+            cfg['cnn'] = False
+        return cfg
 
     @staticmethod
     def _mean_std(f):
@@ -80,12 +100,15 @@ class NRLite(nn.Module):
         if min(x.shape[-2:]) < MIN_SIZE:
             raise ValueError(f'NRLite: image is {x.shape[-2]}x{x.shape[-1]}, smaller than the minimum side of '
                              f'{MIN_SIZE} px')
-        h = self.stem((x - self.mean) / self.std)
         pooled = []
-        for i, stage in enumerate(self.stages):
-            h = stage(h)
-            if i >= 4 - self.pooled_stages:
-                pooled.append(self._mean_std(h))
+        if self.cnn:
+            h = self.stem((x - self.mean) / self.std)
+            for i, stage in enumerate(self.stages):
+                h = stage(h)
+                if i >= 4 - self.pooled_stages:
+                    pooled.append(self._mean_std(h))
+        if self.nss is not None:
+            pooled.append(self.nss_norm(self.nss(x)))
         return torch.cat(pooled, dim=1)
 
     def forward(self, x):

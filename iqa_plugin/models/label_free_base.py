@@ -81,6 +81,11 @@ class LabelFreeModel(MetricTrainModel):
         with torch.no_grad():
             for k, p in net_g.named_parameters():
                 ema[k].mul_(decay).add_(p.detach(), alpha=1 - decay)
+            # buffers (e.g. NRLite's feature standardisation estimates) are state, not averages: copied
+            ema_buffers = dict(self.net_g_ema.named_buffers())
+            for k, b in net_g.named_buffers():
+                if k in ema_buffers:
+                    ema_buffers[k].copy_(b)
 
     def feed_data(self, data):
         """``data``: a batch of ``PseudoMOSDataset`` items: 'ref' (B, 3, P, P), 'dist' (B, N, 3, P, P),
