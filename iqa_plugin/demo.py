@@ -50,12 +50,14 @@ NETWORKS = {
 
 # Plugin losses and validators in the demo: only those whose weights ship inside the package.
 # Each entry: (weights entry name, YAML for train.iqa_opt, YAML lines for val.metrics).
-# nr-lite is left out: it rates black images highly (issue #12), so it cannot show that a model is better.
+# nr-lite (0.2.0 and later) is a validator only: the demo shows it next to the full-reference scores, it does
+# not optimise it (direct NR optimisation is the LoRA fine-tuning feature, docs/lora.md).
 PLUGIN_PARTS = [
     ('milo-pseudomos', 'milo: {type: MILOLoss, loss_weight: 0.05, weights: milo-pseudomos}',
      '    milo: {type: milo-pseudomos, better: lower, crop_border: 4}'),
     ('relational', 'relational: {type: RelationalLoss, loss_weight: 0.001}',
      '    relational: {type: relational, better: higher, crop_border: 4}'),
+    ('nr-lite', None, '    nr_lite: {type: nr-lite, better: higher, crop_border: 4}'),
 ]
 
 

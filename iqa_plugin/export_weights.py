@@ -28,6 +28,7 @@ import datetime
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -172,7 +173,7 @@ def expand_logs(logs):
     return out
 
 
-def export_command_line(name, checkpoint, logs, command, opt=None, data_command='', out_dir=None):
+def export_command_line(name, checkpoint, logs, command, opt=None, data_command='', out_dir=None, version=None):
     """The ``python -m iqa_plugin.export_weights ...`` line that runs ``export`` with these arguments."""
     args = ['--name', name, '--checkpoint', str(checkpoint)]
     if opt:
@@ -184,6 +185,8 @@ def export_command_line(name, checkpoint, logs, command, opt=None, data_command=
         args += ['--data-command', data_command]
     if out_dir:
         args += ['--out-dir', str(out_dir)]
+    if version:
+        args += ['--version', str(version)]
     return 'python -m iqa_plugin.export_weights ' + ' '.join(shlex.quote(a) for a in args)
 
 
@@ -198,7 +201,8 @@ def _network_opt(name, opt):
     return net_opt
 
 
-def export(name, checkpoint, log=None, command='', out_dir=None, network_opt=None, data_command='', opt=None):
+def export(name, checkpoint, log=None, command='', out_dir=None, network_opt=None, data_command='', opt=None,
+           version=None):
     """Write the weights file, the log and the manifest record of entry ``name``; returns (path, record).
 
     Args:
@@ -209,9 +213,13 @@ def export(name, checkpoint, log=None, command='', out_dir=None, network_opt=Non
         out_dir (str | Path | None): default the package weights folder.
         network_opt (dict | None): the network's options; ``opt`` (a training YAML) gives them instead.
         data_command (str): the command that built the training data, if any.
+        version (str | None): the weights' own version (e.g. '0.2.0' for a retrained file); default the
+            package version.
     Nothing is written when an argument is wrong or the checkpoint does not fit.
     """
     entry = wm.get_entry(name)
+    if version is not None and not re.fullmatch(r'\d+\.\d+\.\d+', str(version)):
+        raise ValueError(f'version must look like 1.2.3, got {version!r}')
     if opt:
         network_opt = _network_opt(name, opt)
     sd = checkpoint_to_plain(name, checkpoint, network_opt)
@@ -230,8 +238,8 @@ def export(name, checkpoint, log=None, command='', out_dir=None, network_opt=Non
                 shutil.copyfileobj(src, f)
     record = {'sha256': wm.sha256sum(dest), 'size': dest.stat().st_size, 'command': command,
               'export_command': export_command_line(name, checkpoint, log, command, opt, data_command,
-                                                    None if out_dir == wm.PACKAGE_WEIGHTS_DIR else out_dir),
-              'log': log_name, 'version': __version__, 'trained': datetime.date.today().isoformat(),
+                                                    None if out_dir == wm.PACKAGE_WEIGHTS_DIR else out_dir, version),
+              'log': log_name, 'version': str(version or __version__), 'trained': datetime.date.today().isoformat(),
               'source_checkpoint': str(checkpoint)}
     if data_command:
         record['data_command'] = data_command
@@ -248,9 +256,10 @@ def main(argv=None):
     p.add_argument('--data-command', default='', help='the command that built the training data (pseudo-MOS cache)')
     p.add_argument('--opt', default=None, help="training option file (the network's options)")
     p.add_argument('--out-dir', default=None, help='default: the package weights folder')
+    p.add_argument('--version', default=None, help="the weights' version (default: the package version)")
     args = p.parse_args(argv)
     dest, record = export(args.name, args.checkpoint, args.log, args.command, args.out_dir,
-                          data_command=args.data_command, opt=args.opt)
+                          data_command=args.data_command, opt=args.opt, version=args.version)
     print(json.dumps({'file': str(dest), **record}))
     return 0
 

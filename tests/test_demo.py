@@ -31,7 +31,7 @@ def test_demo_options_include_shipped_plugin_parts(tmp_path):
     text = path.read_text()
     assert 'MILOLoss' in text and 'milo-pseudomos' in text  # shipped weights -> loss and validators on
     assert 'type: relational' in text
-    assert 'nr-lite' not in text  # rates black images highly (issue #12): no evidence of quality
+    assert 'nr_lite: {type: nr-lite' in text and 'NRIQALoss' not in text  # a validator, not a loss
     n_val = len(list((tmp_path / 'data' / 'val' / 'HR').glob('*.png')))
     n_train = len(list((tmp_path / 'data' / 'train' / 'HR').glob('*.png')))
     assert n_val == len(demo.VAL_IMAGES) and n_train >= 10
@@ -76,7 +76,8 @@ def test_checkpoint_names_sorted_by_iteration(tmp_path):
 def test_bicubic_baseline_is_matlab_bicubic_of_the_lr(tmp_path):
     path = demo.write_options(tmp_path, iters=10)
     base = demo.bicubic_baseline(path)
-    assert set(base) == {'psnr', 'ssim', 'milo', 'relational'}
+    assert set(base) == {'psnr', 'ssim', 'milo', 'relational', 'nr_lite'}
+    assert 0 < base['nr_lite'] < 1
     psnrs = []
     for hr_path in sorted((tmp_path / 'data' / 'val' / 'HR').glob('*.png')):
         hr = cv2.imread(str(hr_path)).astype(np.float64)
@@ -105,10 +106,29 @@ def test_summary_shows_bicubic_next_to_each_metric(short_run):
     out, stdout = short_run
     assert 'after iter 4' in stdout and 'next to bicubic x4' in stdout
     base = demo.bicubic_baseline(out / 'demo_swinir.yml')
-    for name, direction in (('psnr', 'higher'), ('ssim', 'higher'), ('milo', 'lower'), ('relational', 'higher')):
+    for name, direction in (('psnr', 'higher'), ('ssim', 'higher'), ('milo', 'lower'), ('relational', 'higher'),
+                            ('nr_lite', 'higher')):
         m = re.search(rf'^\s+{name}\s+(\S+)\s+(\S+)\s+{direction}\s+(better|WORSE) \(([-+]\S+)\)$', stdout, re.M)
         assert m, f'no {name} row in:\n{stdout}'
         model, bicubic, diff = float(m.group(1)), float(m.group(2)), float(m.group(4))
         # printed with 5 significant digits (the difference with 3)
         assert bicubic == pytest.approx(base[name], rel=1e-4)
         assert diff == pytest.approx(model - bicubic, abs=1e-4 * (abs(model) + abs(bicubic)) + 1e-2 * abs(diff))
+
+
+def test_demo_nr_lite_validator_ranks_hr_over_bicubic_over_degenerate():
+    """The demo's nr_lite validator must report sensible values (issue 12): on every demo validation crop the
+    HR scores above its x4 bicubic down-up version, which scores above flat grey and black images."""
+    import torch
+
+    from iqa_plugin.nriqa import score_candidates
+    from iqa_plugin.scoring import get_cached_metric
+
+    scorer = get_cached_metric('nr-lite')
+    for name, (crop, _) in demo.val_crops().items():
+        hr = torch.from_numpy(crop.astype(np.float32) / 255.0).permute(2, 0, 1)
+        lr = torch.nn.functional.interpolate(hr[None], scale_factor=0.25, mode='bicubic', antialias=True)
+        bic = torch.nn.functional.interpolate(lr, size=hr.shape[-2:], mode='bicubic').clamp(0, 1)[0]
+        cands = torch.stack([hr, bic, torch.full_like(hr, 0.5), torch.zeros_like(hr)])[None]
+        q = score_candidates(scorer, cands)[0].tolist()
+        assert q[0] > q[1] > max(q[2], q[3]), (name, q)

@@ -3,9 +3,9 @@ posterised) below clean photos (issue 12). Images are made at test time: scikit-
 centre-cropped and resized to 192 px (not the held-out set of docs/scripts/eval_nr_offline.py).
 
 ``niqe-fitted`` (the NIQE pristine model fitted on ../shared's training photos) must keep the ordering for
-every kind but heavy blur (its known failure, pinned by a strict test); the shipped ``nr-lite`` 0.1.0 does
-not (it rates black and flat grey above photos): strict xfail, so the test starts failing, and the mark
-must be removed, once a retrained nr-lite fixes it.
+every kind but heavy blur (its known failure, pinned by a strict test); the shipped ``nr-lite`` (0.2.0) must
+keep it for every kind (0.1.0 rated black and flat grey above photos), and the same architecture untrained
+must fail it.
 """
 import math
 
@@ -80,9 +80,25 @@ def test_niqe_fitted_known_failure_is_still_a_failure(images):
     assert {n for n, _, _ in violations(get_cached_metric('niqe-fitted'), images)} == NIQE_KNOWN_FAILURES
 
 
-@pytest.mark.xfail(strict=True, reason='issue 12: nr-lite 0.1.0 rates black/flat images above clean photos')
 def test_nr_lite_ranks_degenerate_images_below_clean_photos(images):
+    # nr-lite 0.1.0 failed this (black, white, grey, flat colour, blur and posterised above the photos)
     assert violations(get_cached_metric('nr-lite'), images) == []
+
+
+def test_ordering_guard_fails_an_untrained_nr_lite(images):
+    # the same check on the shipped architecture with random weights (its standardisation fitted on the
+    # test photos, as the first training batches would do): it must not pass by accident
+    from iqa_plugin.archs.nr_lite_arch import build_nr_lite_scorer
+    from iqa_plugin.weights import resolve, load_state_dict
+
+    config = load_state_dict(resolve('nr-lite')).get('config', {})
+    torch.manual_seed(0)
+    untrained = build_nr_lite_scorer(pretrained=False)
+    net = type(untrained.net)(**config)
+    if getattr(net, 'nss', None) is not None:
+        net.train()(images[1])
+    untrained.net = net.eval()
+    assert violations(untrained, images) != []
 
 
 def test_guard_catches_a_scorer_that_rewards_flat_images(images):

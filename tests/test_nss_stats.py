@@ -43,6 +43,7 @@ def test_flat_images_are_valid_and_finite(value):
     f.sum().backward()
     assert torch.isfinite(x.grad).all()
     # no structure: MSCN moments at their floor, blockiness exactly 1 (log 0)
+    f = f.detach()
     assert float(f[0, IDX['log_m2_s0']]) == pytest.approx(np.log(1e-4), rel=1e-4)
     assert float(f[0, IDX['blockiness']]) == pytest.approx(0.0, abs=1e-6)
 
