@@ -79,6 +79,18 @@ def test_resume_skips_finished_stages(tiny_run, capsys):
     assert '| upos | UPos | 2 |' in res['summary'].read_text()
 
 
+def test_resume_restarts_a_stage_whose_options_changed(tiny_run, capsys):
+    # a stage file edited after its run (here: the recorded options no longer match) must train from scratch,
+    # not continue from the training state the old options left (which would finish at once)
+    out, _ = tiny_run
+    R._marker(out, 'amo_ft').unlink()
+    R._started(out, 'amo_ft').write_text('{"options_sha256": "0"}\n')
+    R.run(out=out, scale='tiny', device='cpu', resume=True)
+    log = (out / 'logs' / 'amo_ft.log').read_text().split('$ iqa-plugin train')[-1]
+    assert '--auto_resume' not in log.splitlines()[0]
+    assert 'Start training from epoch: 0, iter: 0' in log
+
+
 @pytest.mark.parametrize('case', ['missing', 'few', 'no_small'])
 def test_bad_input_is_one_line(case, tmp_path, capsys):
     import numpy as np
