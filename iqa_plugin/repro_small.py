@@ -493,7 +493,7 @@ WHY_NOT = """At this scale the direction can fail for reasons that are not the m
 for a few hundred iterations (the differences between UPos and AMO are of the order of the training noise);
 the training and held-out sets are a few dozen synthetic multi-GT groups (`make-multigt`: the enhanced
 candidates are sharpening / contrast operations, not HGGT's human-selected GTs); the scorer (nr-lite) is the
-project's small offline model, known to be weak (README, issue 12), where the paper uses MUSIQ; and the
+project's small offline model, whose gradient is gameable (docs/nriqa.md), where the paper uses MUSIQ; and the
 held-out set has few images, so a difference of one or two images' worth decides a mean."""
 
 
