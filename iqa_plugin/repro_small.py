@@ -21,7 +21,7 @@ Stages (each writes under ``OUT``; ``--resume`` skips the finished ones):
    labels -> ``evaluation/`` (tables, plots), and ``summary.md``: per judge whether AMO > UPos and
    AMO+FT > AMO, the PSNR costs, and whether the paper's direction holds.
 
-Scales: ``small`` (about 20-30 min on 2 CPU cores; see docs/repro.md) and ``tiny`` (seconds; the test's).
+Scales: ``small`` (10 min 24 s measured on a 2-core machine, one torch thread; docs/repro.md) and ``tiny`` (seconds; the test's).
 """
 import contextlib
 import hashlib
@@ -66,7 +66,7 @@ class Stage:
 
 
 STAGES = (
-    # iterations: about 20 min in all on the shared 2-core machine, one torch thread (docs/repro.md, Time)
+    # iterations: 10 min 24 s in all on a 2-core machine, one torch thread (docs/repro.md, Result)
     Stage('psnr', 'L1_pretrain', None, 2000, 1e-3),
     Stage('upos', 'UPos', 'psnr', 500, 2e-4, gan=True),
     Stage('amo', 'AMO', 'psnr', 500, 2e-4, gan=True),

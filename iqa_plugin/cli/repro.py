@@ -9,7 +9,7 @@ held-out LQ, evaluates them with HGGT's protocol (iqa-plugin evaluate) and write
 whether AMO beats UPos and AMO+FT beats AMO, and the PSNR costs. Everything under --out (default
 experiments/repro_small): data/, options/, logs/, experiments/, results/, evaluation/, summary.md.
 Nothing is downloaded; metrics whose weights are absent are skipped with a note (the official MILO
-weights: --weights-dir, or $IQA_PLUGIN_WEIGHTS_DIR). About 20-30 min on 2 CPU cores (docs/repro.md).
+weights: --weights-dir, or $IQA_PLUGIN_WEIGHTS_DIR). About 10 min on 2 CPU cores with one torch thread (docs/repro.md).
 """
 NAME = 'repro'
 HELP = 'run the augmented-SR experiment end to end, offline, at small scale'
