@@ -114,7 +114,7 @@ _ENTRIES = [
         packaged=True,
         license='Apache-2.0 (this project)',
         source='trained by this project, label-free: options/metrics/train_nr_lite.yml',
-        description='small no-reference quality CNN'),
+        description="small no-reference quality model (scene statistics + MLP)"),
     WeightEntry(
         name='relational',
         filename='relational.pth',

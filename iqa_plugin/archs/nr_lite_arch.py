@@ -1,13 +1,18 @@
-"""NR-lite: a small differentiable no-reference quality network (about 0.15 M parameters).
+"""NR-lite: a small differentiable no-reference quality network.
 
 Input (B, 3, H, W) RGB in [0, 1], H and W >= 32; output (B,) quality in (0, 1), higher = better.
-Structure: a full-resolution stem, four stride-2 residual stages, then mean and standard-deviation
-pooling of the last three stages (the spread of activations carries noise/blur/blocking cues that
-a plain average hides) and a two-layer MLP with a sigmoid. No normalisation layers: contrast and
-noise level are quality cues that batch/group normalisation would remove.
+Two branches feed a two-layer MLP with a sigmoid, either or both:
 
-The weights are trained label-free by this project (``options/metrics/train_nr_lite.yml``) and
-reach the scoring table as ``nr-lite`` through ``build_nr_lite_scorer``.
+* ``cnn`` (default on): a full-resolution stem, four stride-2 residual stages, then mean and
+  standard-deviation pooling of the last three stages (the spread of activations carries
+  noise/blur/blocking cues that a plain average hides); no normalisation layers, as contrast and
+  noise level are quality cues that batch/group normalisation would remove (0.15 M parameters);
+* ``nss``: the hand-crafted, differentiable scene statistics of ``nss_stats.NSSStats``, standardised
+  with estimates from the first training batches.
+
+The shipped ``nr-lite`` 0.2.0 is ``nss=True, cnn=False`` (2,433 parameters; why: docs/nriqa.md,
+"Method choice"), trained label-free by this project (``options/metrics/train_nr_lite.yml``); it
+reaches the scoring table as ``nr-lite`` through ``build_nr_lite_scorer``.
 """
 import torch
 from torch import nn
