@@ -4,6 +4,7 @@ written, blocks only the IQA models read, messages with the closest names, ``bet
 Downloads are off in tests (conftest: ``IQA_PLUGIN_OFFLINE=1``, an empty ``TORCH_HOME``), so the official
 MILO, A-FINE, CLIP and pyiqa weights are missing unless a test points ``IQA_PLUGIN_WEIGHTS_DIR`` at them.
 """
+import re
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,22 @@ def test_select_by_names_a_metric_and_strategy():
     msg = error_of(metric({'type': 'relational'}, select_by={'metric': 'm', 'strategy': 'best'}))
     assert msg.startswith("val.select_by: unknown strategy 'best'; known: ")
     assert "unknown key 'how'" in error_of(metric({'type': 'relational'}, select_by={'metric': 'm', 'how': 1}))
+
+
+@pytest.mark.parametrize('train, match', [
+    ({'optim_g': {'type': 'AdamW', 'lr': 1e-4}}, r"train.optim_g.type: IQASRModel .* supports only Adam; got 'AdamW'"),
+    ({'optim_d': {'type': 'SGD', 'lr': 1e-4}}, r"train.optim_d.type: .* got 'SGD'"),
+    ({'scheduler': {'type': 'StepLR'}}, r"train.scheduler.type: IQASRModel supports MultiStepLR, .*got 'StepLR'"),
+])
+def test_optimizer_and_scheduler_types_basicsr_cannot_build(train, match):
+    # BasicSR 1.4.2's BaseModel builds only Adam and three schedulers; it would fail at model construction
+    assert re.search(match, error_of(iqa(train=train), resolve_weights=False))
+
+
+def test_optimizer_types_of_models_that_build_any_torch_optimizer():
+    # the plugin's metric trainings build any torch.optim class (MetricTrainModel.get_optimizer)
+    opt = {'model_type': 'NRLiteModel', 'train': {'optim_g': {'type': 'AdamW', 'lr': 1e-3},
+                                                 'scheduler': {'type': 'CosineAnnealingRestartLR', 'periods': [10]}}}
+    check(opt, resolve_weights=False)
+    check(iqa(train={'optim_g': {'type': 'Adam', 'lr': 1e-4}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [5]}}),
+          resolve_weights=False)

@@ -399,9 +399,37 @@ def _walk_scorers(node, where, ctx):
             _walk_scorers(v, f'{where}[{i}]', ctx)
 
 
+# what BasicSR 1.4.2's BaseModel builds (get_optimizer / setup_schedulers); models that override them (the
+# plugin's metric trainings: any torch.optim class) are not limited to these
+_BASICSR_OPTIMIZERS = ('Adam',)
+_BASICSR_SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR')
+
+
+def _check_optim_and_scheduler(train, ctx):
+    """``train.optim_*.type`` and ``train.scheduler.type`` against what the model builds: BasicSR's
+    ``BaseModel`` only Adam and three schedulers (it fails later, at model construction, otherwise)."""
+    from basicsr.models.base_model import BaseModel
+
+    cls = ctx.model_cls
+    if cls is None:
+        return
+    if getattr(cls, 'get_optimizer', None) is BaseModel.get_optimizer:
+        for k, v in train.items():
+            if k.startswith('optim_') and isinstance(v, dict) and v.get('type', 'Adam') not in _BASICSR_OPTIMIZERS:
+                raise OptionError(f"train.{k}.type: {cls.__name__} builds its optimizers with BasicSR's "
+                                  f"get_optimizer, which supports only {', '.join(_BASICSR_OPTIMIZERS)}; "
+                                  f"got '{v['type']}'")
+    sched = train.get('scheduler')
+    if getattr(cls, 'setup_schedulers', None) is BaseModel.setup_schedulers and isinstance(sched, dict) \
+            and 'type' in sched and sched['type'] not in _BASICSR_SCHEDULERS:
+        raise OptionError(f"train.scheduler.type: {cls.__name__} supports {', '.join(_BASICSR_SCHEDULERS)} "
+                          f"(BasicSR's setup_schedulers); got '{sched['type']}'")
+
+
 def _check_train(train, ctx):
     if not isinstance(train, dict):
         raise OptionError('train must be a mapping of training options')
+    _check_optim_and_scheduler(train, ctx)
     for k, v in train.items():
         if k == 'iqa_opt':
             if not v:
