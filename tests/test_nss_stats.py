@@ -79,7 +79,7 @@ def test_running_standardise_estimates_then_freezes():
     torch.testing.assert_close(out.mean(0), torch.zeros(5), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize('kw', [dict(nss=True), dict(nss=True, cnn=False)])
+@pytest.mark.parametrize('kw', [{'nss': True}, {'nss': True, 'cnn': False}])
 def test_nr_lite_with_nss_round_trips_through_the_scorer(kw, tmp_path):
     torch.manual_seed(0)
     net = NRLite(channels=(8, 8, 16, 16, 16), hidden=16, **kw).train()

@@ -38,13 +38,13 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from basicsr.utils.registry import ARCH_REGISTRY
-
 from iqa_plugin import weights as wm
 from iqa_plugin.nriqa import NRScorer
+from iqa_plugin.utils.image import check_batch_shape
 
 MIN_SIZE = 64
 SD15_HUB_ID = 'stable-diffusion-v1-5/stable-diffusion-v1-5'
@@ -347,11 +347,7 @@ class LGDMFeatures(nn.Module):
     # -- forward -----------------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, x):
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f'lgdm expects (B, 3, H, W), got {tuple(x.shape)}')
-        if min(x.shape[-2:]) < MIN_SIZE:
-            raise ValueError(f'lgdm: image is {x.shape[-2]}x{x.shape[-1]}, smaller than the minimum side of '
-                             f'{MIN_SIZE} px')
+        check_batch_shape(x, 'lgdm', MIN_SIZE)
         x = self.pad(x.float())
         dev = x.device
         use_amp = self.amp is not None

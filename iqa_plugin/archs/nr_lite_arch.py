@@ -15,13 +15,13 @@ The shipped ``nr-lite`` 0.2.0 is ``nss=True, cnn=False`` (2,433 parameters; why:
 reaches the scoring table as ``nr-lite`` through ``build_nr_lite_scorer``.
 """
 import torch
-from torch import nn
-
 from basicsr.utils.registry import ARCH_REGISTRY
+from torch import nn
 
 from iqa_plugin import weights as wm
 from iqa_plugin.archs.nss_stats import NSSStats, RunningStandardise
 from iqa_plugin.nriqa import NRScorer
+from iqa_plugin.utils.image import check_batch_shape
 
 MIN_SIZE = 32
 
@@ -100,11 +100,7 @@ class NRLite(nn.Module):
 
     def features(self, x):
         """Pooled statistics (B, 2 * sum of the pooled stage widths)."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f'NRLite expects (B, 3, H, W), got {tuple(x.shape)}')
-        if min(x.shape[-2:]) < MIN_SIZE:
-            raise ValueError(f'NRLite: image is {x.shape[-2]}x{x.shape[-1]}, smaller than the minimum side of '
-                             f'{MIN_SIZE} px')
+        check_batch_shape(x, 'NRLite', MIN_SIZE)
         pooled = []
         if self.cnn:
             h = self.stem((x - self.mean) / self.std)

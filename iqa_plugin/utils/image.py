@@ -64,6 +64,17 @@ def bgr_uint8_to_tensor(img, device=None):
     return x.to(device) if device is not None else x
 
 
+def check_batch_shape(x, name, min_size):
+    """Raise a one-line ``ValueError`` unless ``x`` is (B, 3, H, W) with ``min(H, W) >= min_size``.
+
+    For a network's own forward (no conversion, no range check: ``prepare_image`` does those for scorers)."""
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f'{name} expects (B, 3, H, W), got {tuple(x.shape)}')
+    if min(x.shape[-2:]) < min_size:
+        raise ValueError(f'{name}: image is {x.shape[-2]}x{x.shape[-1]}, smaller than the minimum side of '
+                         f'{min_size} px')
+
+
 def prepare_image(x, name='image', channels=3, min_size=16, out_of_range='clamp', value_range=(0.0, 1.0)):
     """Validate one input batch and return it as (B, C, H, W).
 
