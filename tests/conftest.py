@@ -126,6 +126,20 @@ dist_params: {{backend: nccl, port: 29500}}
 """
 
 
+def build_label_free_model(tmp_path, model_type, network_g, **train):
+    """A ``LabelFreeModel`` (MILO pseudo-MOS, NR-lite) built in-process on the CPU for a few steps: EMA 0.5, no
+    augmentation, Adam 3e-3, a MultiStepLR that never steps, checkpoints under ``tmp_path``; ``train`` keyword
+    arguments override or add ``train`` options (e.g. ``hard_weight=1.0``)."""
+    from basicsr.models import build_model
+
+    opt = {'model_type': model_type, 'num_gpu': 0, 'is_train': True, 'dist': False, 'manual_seed': 0,
+           'network_g': network_g, 'path': {'models': str(tmp_path), 'training_states': str(tmp_path)},
+           'train': {'ema_decay': 0.5, 'augment': False, 'optim_g': {'type': 'Adam', 'lr': 3e-3},
+                     'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 10,
+                     **train}}
+    return build_model(opt)
+
+
 def write_tiny_options(path, data, name='tiny', iters=4, val_freq=2, ema=0, tb='false', extra_train='',
                        extra_val='', extra_metrics=''):
     text = TINY_OPTIONS.format(name=name, data=Path(data).as_posix(), iters=iters, val_freq=val_freq, ema=ema,

@@ -138,14 +138,10 @@ def tiny_batch(tmp_path_factory):
                                             ('NRLiteModel', {'type': 'NRLite', 'channels': [8, 8, 16, 16, 16],
                                                              'hidden': 16})])
 def test_tiny_training_decreases_loss(tmp_path, tiny_batch, model_type, net):
-    from basicsr.models import build_model
+    from tests.conftest import build_label_free_model
 
     torch.manual_seed(0)
-    opt = {'model_type': model_type, 'num_gpu': 0, 'is_train': True, 'dist': False, 'network_g': net,
-           'path': {'models': str(tmp_path), 'training_states': str(tmp_path)},
-           'train': {'ema_decay': 0.5, 'augment': False, 'optim_g': {'type': 'Adam', 'lr': 3e-3},
-                     'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 10}}
-    model = build_model(opt)
+    model = build_label_free_model(tmp_path, model_type, net)
     assert all(not p.requires_grad for p in model.net_g_ema.parameters())
     losses = []
     for i in range(8):

@@ -149,8 +149,7 @@ def test_hard_negatives_kinds_and_range():
 def test_nr_lite_training_with_hard_negatives_learns_to_rank_them_last(tmp_path):
     """A few steps of NRLiteModel with ``hard_weight`` (groups made by hand: noise of increasing strength
     on smooth patches, pseudo-MOS = the strength) lower the hard-negative loss."""
-    from basicsr.models import build_model
-    from tests.conftest import smooth_image
+    from tests.conftest import build_label_free_model, smooth_image
 
     torch.manual_seed(0)
     ref = torch.stack([torch.from_numpy(smooth_image(32, 32, seed=i).astype(np.float32) / 255.0).permute(2, 0, 1)
@@ -159,13 +158,9 @@ def test_nr_lite_training_with_hard_negatives_learns_to_rank_them_last(tmp_path)
     dist = torch.stack([(ref + s * torch.randn(ref.shape, generator=g)).clamp(0, 1) for s in (0.02, 0.05, 0.1, 0.2)], 1)
     pmos = torch.tensor([[-1.5, -0.5, 0.5, 1.5]] * 2)
     batch = {'ref': ref, 'dist': dist, 'pmos': pmos, 'tier': torch.arange(4).repeat(2, 1), 'raw': pmos.unsqueeze(2) + 2}
-    opt = {'model_type': 'NRLiteModel', 'num_gpu': 0, 'is_train': True, 'dist': False, 'manual_seed': 0,
-           'network_g': {'type': 'NRLite', 'channels': [8, 8, 16, 16, 16], 'hidden': 16},
-           'path': {'models': str(tmp_path), 'training_states': str(tmp_path)},
-           'train': {'ema_decay': 0.5, 'augment': False, 'optim_g': {'type': 'Adam', 'lr': 3e-3}, 'cross_weight': 0.0,
-                     'hard_weight': 1.0, 'hard_per_group': 6,
-                     'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 30}}
-    model = build_model(opt)
+    net = {'type': 'NRLite', 'channels': [8, 8, 16, 16, 16], 'hidden': 16}
+    model = build_label_free_model(tmp_path, 'NRLiteModel', net, cross_weight=0.0, hard_weight=1.0, hard_per_group=6,
+                                   total_iter=30)
     hard = []
     for i in range(25):
         model.feed_data(batch)

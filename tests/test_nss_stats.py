@@ -9,7 +9,8 @@ from iqa_plugin.archs.nr_lite_arch import NRLite, build_nr_lite_scorer
 from iqa_plugin.archs.nss_stats import NSSStats, RunningStandardise
 
 NAMES = [f'{k}_s{s}' for s in range(NSSStats.scales)
-         for k in ('log_m2', 'log_abs', 'log_kurt', 'corr_h', 'corr_v', 'corr_d1', 'corr_d2', 'log_sigma', 'log_sigma_sd')]
+         for k in ('log_m2', 'log_abs', 'log_kurt', 'corr_h', 'corr_v', 'corr_d1', 'corr_d2', 'log_sigma',
+                   'log_sigma_sd')]
 NAMES += ['luma_mean', 'log_luma_sd', 'dark_frac', 'bright_frac', 'log_chroma', 'log_rg_sd', 'log_yb_sd', 'blockiness',
           'log_hf']
 IDX = {n: i for i, n in enumerate(NAMES)}
@@ -103,14 +104,11 @@ def test_nr_lite_needs_a_branch():
 
 
 def test_ema_copy_carries_the_standardisation_buffers(tmp_path):
-    from basicsr.models import build_model
+    from tests.conftest import build_label_free_model
 
-    opt = {'model_type': 'NRLiteModel', 'num_gpu': 0, 'is_train': True, 'dist': False, 'manual_seed': 0,
-           'network_g': {'type': 'NRLite', 'channels': [8, 8, 16, 16, 16], 'hidden': 16, 'nss': True},
-           'path': {'models': str(tmp_path), 'training_states': str(tmp_path)},
-           'train': {'ema_decay': 0.9, 'augment': False, 'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'cross_weight': 0.0,
-                     'scheduler': {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}, 'total_iter': 2}}
-    model = build_model(opt)
+    model = build_label_free_model(tmp_path, 'NRLiteModel',
+                                   {'type': 'NRLite', 'channels': [8, 8, 16, 16, 16], 'hidden': 16, 'nss': True},
+                                   ema_decay=0.9, optim_g={'type': 'Adam', 'lr': 1e-3}, cross_weight=0.0, total_iter=2)
     g = torch.Generator().manual_seed(0)
     ref = torch.rand(2, 3, 32, 32, generator=g)
     batch = {'ref': ref, 'dist': (ref.unsqueeze(1) + 0.1 * torch.randn(2, 3, 3, 32, 32, generator=g)).clamp(0, 1),
