@@ -53,8 +53,8 @@ class NSSStats(nn.Module):
         y = F.conv2d(y, self.window.view(1, 1, 1, -1))
         return F.conv2d(y, self.window.view(1, 1, -1, 1))
 
-    def _scale_stats(self, y):
-        mu = self._blur(y)
+    def _scale_stats(self, y, mu):
+        """The ``per_scale`` statistics of luma ``y`` (B, 1, H, W) given its local mean ``mu = _blur(y)``."""
         var = (self._blur(y * y) - mu * mu).clamp_min(0.0)
         sigma = (var + _EPS ** 2).sqrt()
         m = (y - mu) / (sigma + _C)
@@ -70,29 +70,25 @@ class NSSStats(nn.Module):
 
     @staticmethod
     def _blockiness(y):
-        """max over the 8 phases of the mean step across columns (rows) of that phase / the mean step."""
-        out = []
-        for d in (y[..., :, 1:] - y[..., :, :-1], y[..., 1:, :] - y[..., :-1, :]):
-            d = d.abs()
-            dim = -1 if d.shape[-1] != y.shape[-1] else -2
-            n = d.shape[dim] - d.shape[dim] % 8
-            d = d.narrow(dim, 0, n)
-            if dim == -1:
-                phase = d.reshape(*d.shape[:-1], n // 8, 8).mean(dim=(1, 2, 3))     # (B, 8)
-            else:
-                phase = d.reshape(*d.shape[:-2], n // 8, 8, d.shape[-1]).mean(dim=(1, 2, 4))
-            out.append((phase.max(dim=1).values + 1e-4) / (phase.mean(dim=1) + 1e-4))  # flat: exactly 1
-        return torch.log(out[0]) + torch.log(out[1])
+        """Sum over both axes of log(max over the 8 phases of the mean step across columns (rows) of that phase
+        / the mean step)."""
+        total = 0.0
+        for dim in (-1, -2):
+            d = y.diff(dim=dim).abs().movedim(dim, -1)  # steps along the last axis
+            n = d.shape[-1] - d.shape[-1] % 8
+            phase = d[..., :n].reshape(*d.shape[:-1], n // 8, 8).mean(dim=(1, 2, 3))  # (B, 8)
+            total = total + torch.log((phase.max(dim=1).values + 1e-4) / (phase.mean(dim=1) + 1e-4))  # flat: 0
+        return total
 
     def forward(self, x):
         x = x.float()
         y = (x * self.luma).sum(1, keepdim=True)
         feats = []
-        ys = y
+        ys, mu0 = y, self._blur(y)
         for s in range(self.scales):
             if s:
                 ys = F.avg_pool2d(ys, 2)
-            feats.extend(self._scale_stats(ys))
+            feats.extend(self._scale_stats(ys, mu0 if s == 0 else self._blur(ys)))
         r, g, b = x[:, 0], x[:, 1], x[:, 2]
         rg, yb = r - g, 0.5 * (r + g) - b
         chroma = (rg.pow(2) + yb.pow(2) + _EPS).sqrt()
@@ -101,7 +97,7 @@ class NSSStats(nn.Module):
                   torch.sigmoid((y - 0.98) * 200.0).mean(dim=(1, 2, 3)),
                   torch.log(chroma.mean(dim=(1, 2)) + _C), torch.log(rg.std(dim=(1, 2), unbiased=False) + _C),
                   torch.log(yb.std(dim=(1, 2), unbiased=False) + _C), self._blockiness(y),
-                  torch.log((y - self._blur(y)).abs().mean(dim=(1, 2, 3)) + _C)]  # high-frequency energy
+                  torch.log((y - mu0).abs().mean(dim=(1, 2, 3)) + _C)]  # high-frequency energy
         return torch.stack(feats, dim=1)
 
 
@@ -130,7 +126,7 @@ class RunningStandardise(nn.Module):
                 tot = n + m
                 delta = bm - self.mean
                 mean = self.mean + delta * (m / tot)
-                var = (self.var * n + bv * m) / tot + delta.pow(2) * (n * m / tot ** 2) if n else bv
+                var = (self.var * n + bv * m) / tot + delta.pow(2) * (n * m / tot ** 2)  # n = 0: bv
                 self.mean.copy_(mean)
                 self.var.copy_(var)
                 self.count.fill_(tot)
