@@ -141,7 +141,7 @@ MANIFEST_SCHEMA = {
     'command': (str, True),  # the training command(s), one shell line
     'export_command': (str, True),  # the exact `python -m iqa_plugin.export_weights ...` that wrote the file
     'log': (str, True),  # training log shipped beside the weights (file name in the weights folder)
-    'version': (str, True),  # iqa-plugin version that exported the file
+    'version': (str, True),  # the file's version (export --version; default the exporting iqa-plugin version)
     'trained': (str, True),  # export date, YYYY-MM-DD
     'source_checkpoint': (str, True),  # the checkpoint the file was exported from
     'data_command': (str, False),  # the command that built the training data, when there is one

@@ -325,3 +325,20 @@ def test_exporter_rejects_a_wrong_checkpoint_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="cannot export 'milo'"):
         export('milo', src, log=log, command='c', out_dir=tmp_path / 'o')
     assert not (tmp_path / 'o').exists()
+
+
+def test_exporter_records_the_files_own_version(tmp_path):
+    # a retrained file carries its own version (nr-lite 0.2.0 in a 0.1.0 package); default: the package version
+    from iqa_plugin.export_weights import export
+    from iqa_plugin.version import __version__
+
+    log = tmp_path / 'run.log'
+    log.write_text('x')
+    src = weights.PACKAGE_WEIGHTS_DIR / 'nr_lite.pth'
+    _, rec = export('nr-lite', src, log=log, command='c', out_dir=tmp_path / 'a', version='3.4.5')
+    assert rec['version'] == '3.4.5' and rec['export_command'].endswith('--version 3.4.5')
+    _, rec = export('nr-lite', src, log=log, command='c', out_dir=tmp_path / 'b')
+    assert rec['version'] == __version__ and '--version' not in rec['export_command']
+    with pytest.raises(ValueError, match="version must look like 1.2.3, got 'v2'"):
+        export('nr-lite', src, log=log, command='c', out_dir=tmp_path / 'c', version='v2')
+    assert not (tmp_path / 'c').exists()

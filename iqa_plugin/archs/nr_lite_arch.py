@@ -99,7 +99,8 @@ class NRLite(nn.Module):
         return torch.cat([mean, std], dim=1)
 
     def features(self, x):
-        """Pooled statistics (B, 2 * sum of the pooled stage widths)."""
+        """The head's input (B, F): mean/std of the pooled CNN stages (2 * their widths, with ``cnn``) then the
+        standardised NSS statistics (``NSSStats.num_features``, with ``nss``)."""
         check_batch_shape(x, 'NRLite', MIN_SIZE)
         pooled = []
         if self.cnn:
