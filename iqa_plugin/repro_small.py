@@ -318,26 +318,24 @@ def _started(out, key):
     return Path(out) / 'logs' / f'{key}.started.json'
 
 
+def _written_with(marker, opt_path):
+    """True when the marker file records the sha256 of ``opt_path``'s merged options."""
+    try:
+        return marker.is_file() and json.loads(marker.read_text()).get('options_sha256') == resolved_sha256(opt_path)
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
 def may_continue(out, stage, opt_path):
     """True when an interrupted run of ``stage`` may be continued (BasicSR's ``--auto_resume``): it was started
     with the same merged options. Otherwise the stage starts again (BasicSR archives the old experiment folder),
     so a changed stage file never continues from a training state made with other options."""
-    m = _started(out, stage.key)
-    try:
-        return m.is_file() and json.loads(m.read_text()).get('options_sha256') == resolved_sha256(opt_path)
-    except (json.JSONDecodeError, OSError):
-        return False
+    return _written_with(_started(out, stage.key), opt_path)
 
 
 def stage_done(out, stage, arch, opt_path):
     """True when the stage's final checkpoint exists and was written with these options."""
-    m = _marker(out, stage.key)
-    if not (latest_net(out, stage, arch).is_file() and m.is_file()):
-        return False
-    try:
-        return json.loads(m.read_text()).get('options_sha256') == resolved_sha256(opt_path)
-    except (json.JSONDecodeError, OSError):
-        return False
+    return latest_net(out, stage, arch).is_file() and _written_with(_marker(out, stage.key), opt_path)
 
 
 @contextlib.contextmanager
@@ -377,7 +375,8 @@ def run_stage(out, stage, arch, opt_path, resume=False):
     log = Path(out) / 'logs' / f'{stage.key}.log'
     log.parent.mkdir(parents=True, exist_ok=True)
     resume = resume and may_continue(out, stage, opt_path)
-    _started(out, stage.key).write_text(json.dumps({'options_sha256': resolved_sha256(opt_path)}) + '\n')
+    sha = resolved_sha256(opt_path)
+    _started(out, stage.key).write_text(json.dumps({'options_sha256': sha}) + '\n')
     argv = ['-opt', str(Path(opt_path).resolve())] + (['--auto_resume'] if resume else [])
     t0, c0 = time.time(), time.process_time()
     with stage_output(log) as f:
@@ -394,7 +393,7 @@ def run_stage(out, stage, arch, opt_path, resume=False):
     if error is not None:
         raise ReproError(f'stage {stage.key} failed: {error} (log: {log})')
     timing = {'seconds': round(seconds, 1), 'cpu_seconds': round(cpu, 1)}
-    _marker(out, stage.key).write_text(json.dumps({'options_sha256': resolved_sha256(opt_path), **timing}) + '\n')
+    _marker(out, stage.key).write_text(json.dumps({'options_sha256': sha, **timing}) + '\n')
     return timing
 
 
