@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python docs/scripts/eval_nr_offline.py \\
         [--niqe-fitted FILE] [--nr-lite-candidate FILE ...] [--old-nr-lite FILE | none]
-                               # full: Set14 + Kodak24 + McMaster18, about 25 min on 2 busy cores
-    ... --quick                # 6 Set14 photos, about 3 min
+                               # full: Set14 + Kodak24 + McMaster18, 5 min 44 s with --threads 1 (docs/nriqa.md)
+    ... --quick                # 6 Set14 photos, about 40 s
 
 Held-out photos: ``nr-lite`` 0.1.0 and the fitted NIQE were trained/fitted on CBSD68 + CSun_Hays80
 (see ``iqa_plugin/weights/manifest.json`` and docs/nriqa.md), so the default evaluation set is
