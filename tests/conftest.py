@@ -1,4 +1,7 @@
-"""Shared fixtures. ``shared_dir`` is ../shared beside the repository (skips when absent)."""
+"""Shared fixtures. ``shared_dir`` is ../shared beside the repository (skips when absent).
+
+``IQA_PLUGIN_NO_SHARED=1`` hides ../shared from the tests (and from the package code that would look at it),
+so a clone without it is reproduced in one step: ``IQA_PLUGIN_NO_SHARED=1 python -m pytest``."""
 import os
 from pathlib import Path
 
@@ -9,11 +12,27 @@ import iqa_plugin  # noqa: F401  (shim + registries before any basicsr import in
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
+NO_SHARED_ENV = 'IQA_PLUGIN_NO_SHARED'
+
+
+def shared_hidden():
+    """True when ``IQA_PLUGIN_NO_SHARED`` is set (to anything but '' or '0'): behave as a clone without ../shared."""
+    return os.environ.get(NO_SHARED_ENV, '') not in ('', '0')
+
+
+def find_shared():
+    """../shared when it is there and not hidden by ``IQA_PLUGIN_NO_SHARED``, else None. Only what cannot ship
+    (the official MILO weights and fixtures, option files' training data) may come from it."""
+    if shared_hidden() or not (SHARED / 'README.md').is_file():
+        return None
+    return SHARED
 
 
 @pytest.fixture(scope='session')
 def shared_dir():
-    if not (SHARED / 'README.md').is_file():
+    if shared_hidden():
+        pytest.skip(f'../shared hidden by {NO_SHARED_ENV}=1 (as in a fresh clone without the shared data)')
+    if find_shared() is None:
         pytest.skip(f'../shared not found at {SHARED} (fresh clone without the shared data)')
     return SHARED
 

@@ -17,6 +17,7 @@ from iqa_plugin.data.multigt_layout import LABEL_ORIGINAL as ORIG
 from iqa_plugin.data.multigt_layout import LABEL_POSITIVE as POS
 from iqa_plugin.data.multigt_layout import LABEL_SIMILAR as SIM
 from iqa_plugin.nriqa import NRScorer, score_candidates
+from conftest import find_shared
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'docs' / 'scripts'))
 import eval_nr_offline as E  # noqa: E402
@@ -98,8 +99,10 @@ def test_attack_script_smoke(tmp_path, capsys):
     img = np.stack([yy, xx, 0.5 + 0.3 * np.sin(12 * yy)], -1) + 0.05 * rng.standard_normal((96, 96, 3))
     Image.fromarray(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)).save(photos / 'p.png')
 
+    shared = find_shared()  # the script's default is ../shared's official MILO, else the shipped milo-pseudomos
+    milo = str(shared / 'weights' / 'milo' / 'MILO.pth') if shared is not None else ''
     records = A.main(['--weights', str(weights), '--dataroot', str(photos), '--photos', '1', '--size', '96',
-                      '--steps', '2', '--lr', '1e-2', '--save-dir', str(tmp_path / 'png')])
+                      '--steps', '2', '--lr', '1e-2', '--save-dir', str(tmp_path / 'png'), '--milo-weights', milo])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out['report'] == [0, 2] and len(out['records']) == len(records) == 2 * 2  # 2 starts x steps 0, 2
     by = {(r['start'], r['step']): r for r in records}

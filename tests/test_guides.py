@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 import iqa_plugin  # noqa: F401  (shim + registries before basicsr)
+from conftest import find_shared
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDES = sorted((REPO / 'docs' / 'guides').glob('*.md'))
-SHARED_MILO = REPO.parent / 'shared' / 'weights' / 'milo'
 NOT_RUN = '# not run'
 # ``type:`` values that name no registry entry: BasicSR's io backends, MILOLatentLoss's encoder loader
 NON_REGISTRY_TYPES = {'disk', 'lmdb', 'diffusers'}
@@ -197,8 +197,9 @@ def test_loss_block_builds(where, block, monkeypatch):
 
     from iqa_plugin import scoring
 
-    if SHARED_MILO.is_dir():
-        monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(SHARED_MILO))  # official MILO weights, when present
+    shared = find_shared()
+    if shared is not None:  # official MILO weights, when present
+        monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(shared / 'weights' / 'milo'))
     block = dict(block)
     cls = LOSS_REGISTRY.get(block['type'])
     latent = isinstance(block.get('encoder'), dict)

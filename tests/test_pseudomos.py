@@ -1,6 +1,4 @@
 """Pseudo-MOS ensemble, normalisation, cache files and the BasicSR dataset."""
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -9,9 +7,6 @@ import torch
 import iqa_plugin  # noqa: F401
 from iqa_plugin import distortions as D
 from iqa_plugin import pseudomos as P
-
-SHARED = Path(__file__).resolve().parents[1].parent / 'shared'
-
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -241,11 +236,14 @@ def test_cache_io(tmp_path):
     with pytest.raises(ValueError, match='cannot read pseudo-MOS cache'):
         load_cache(tmp_path / 'junk.pt')
 
-@pytest.mark.skipif(not (SHARED / 'data' / 'val' / 'Set5' / 'HR').is_dir(), reason='../shared/data/val/Set5 absent')
-def test_dataset_on_shared_images():
+def test_dataset_on_photos(tmp_path):
+    """On real photos (scikit-image's bundled ones, written as PNGs: every clone has them)."""
     from basicsr.data import build_dataset
+    from skimage import data
 
-    ds = build_dataset({'name': 's5', 'type': 'PseudoMOSDataset', 'dataroot': str(SHARED / 'data/val/Set5/HR'),
+    for name in ('astronaut', 'coffee', 'rocket'):
+        cv2.imwrite(str(tmp_path / f'{name}.png'), getattr(data, name)()[:, :, ::-1])
+    ds = build_dataset({'name': 'photos', 'type': 'PseudoMOSDataset', 'dataroot': str(tmp_path),
                         'patch_size': 64, 'group_size': 4, 'chains': 1, 'length': 2, 'members': ['gmsd', 'nlpd']})
     item = ds[1]
     assert item['dist'].shape == (4, 3, 64, 64) and item['pmos'].shape == (4,)

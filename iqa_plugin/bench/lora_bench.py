@@ -340,10 +340,18 @@ def write_crops(path, panels, size, zoom):
 
 
 # ---------------------------------------------------------------------------------------------- main
+def _shared_folder(name):
+    """../shared/data/train/NAME when present and not hidden by ``IQA_PLUGIN_NO_SHARED=1`` (the tests' switch
+    for a clone without ../shared), else None."""
+    if os.environ.get('IQA_PLUGIN_NO_SHARED', '') not in ('', '0') or not (SHARED / name).is_dir():
+        return None
+    return str(SHARED / name)
+
+
 def parse(argv):
     p = argparse.ArgumentParser(prog='iqa-plugin bench lora', description=__doc__.split('\n')[0])
-    default_train = str(SHARED / 'CBSD68') if (SHARED / 'CBSD68').is_dir() else 'skimage:' + ','.join(SKIMAGE_TRAIN)
-    default_eval = str(SHARED / 'Kodak24') if (SHARED / 'Kodak24').is_dir() else 'skimage:' + ','.join(SKIMAGE_HELD_OUT)
+    default_train = _shared_folder('CBSD68') or 'skimage:' + ','.join(SKIMAGE_TRAIN)
+    default_eval = _shared_folder('Kodak24') or 'skimage:' + ','.join(SKIMAGE_HELD_OUT)
     p.add_argument('--train-data', default=default_train,
                    help='training images: folder or skimage:NAME,... (default ../shared/data/train/CBSD68, else '
                         'scikit-image bundled images)')
