@@ -44,7 +44,7 @@ def test_cli_package_layout():
 
     import iqa_plugin.cli as c
     assert [m.NAME for m in c.SUBCOMMANDS] == ['train', 'score', 'score-gts', 'weights', 'lora', 'bench', 'demo', 'run',
-                                                  'make-multigt', 'evaluate', 'repro']
+                                                  'make-multigt', 'evaluate', 'repro', 'diff']
     modules, edges = import_graph(PACKAGE_DIR)
     assert 'iqa_plugin.relational_cli' not in modules and 'iqa_plugin.cli.common' in modules
     for name in ('train', 'score', 'weights', 'bench', 'demo', 'run', 'common'):

@@ -12,9 +12,10 @@
     iqa-plugin make-multigt --src HR_DIR --out DIR [--set NAME] [--seed S] [--size N]
     iqa-plugin evaluate --results DIR [DIR ...] --gt DIR [--labels DIR] [--metrics M,...] [--out DIR]
     iqa-plugin repro --small [--out DIR] [--src DIR] [--arch rrdb|swinir] [--tiny] [--resume]
+    iqa-plugin diff A B [--ref GT] [--out DIR] [--json] | diff --nets NET_A NET_B -opt YAML  (axis by axis)
 
 One module per subcommand (``train``, ``score``, ``score_gts``, ``weights``, ``bench``, ``demo``, ``run``,
-``make_multigt``, ``evaluate``, ``repro``), each with
+``make_multigt``, ``evaluate``, ``repro``, ``diff``), each with
 ``NAME``, ``HELP``, ``add_parser(subparsers)`` and ``main(args, rest)`` (or ``main_argv(argv)`` for a
 ``PASSTHROUGH`` command whose arguments belong to someone else); ``common`` holds what they share.
 They import nothing from this package module. In the command's process ``import iqa_plugin`` does not
@@ -27,10 +28,11 @@ traceback).
 """
 import sys
 
-from iqa_plugin.cli import bench, demo, evaluate, lora, make_multigt, repro, run, score, score_gts, train, weights
+from iqa_plugin.cli import (bench, demo, diff, evaluate, lora, make_multigt, repro, run, score, score_gts, train,
+                            weights)
 from iqa_plugin.cli.common import CommandParser, UsageError, run_with_error_policy
 
-SUBCOMMANDS = (train, score, score_gts, weights, lora, bench, demo, run, make_multigt, evaluate, repro)
+SUBCOMMANDS = (train, score, score_gts, weights, lora, bench, demo, run, make_multigt, evaluate, repro, diff)
 
 __all__ = ['build_parser', 'dispatch', 'main', 'UsageError', 'SUBCOMMANDS']
 
