@@ -15,6 +15,7 @@ BENCHES = {
     'cli': 'iqa_plugin.bench.cli_bench:main',
     'gt-sampling': 'iqa_plugin.bench.gt_sampling_bench:main',
     'lora': 'iqa_plugin.bench.lora_bench:main',
+    'train-step': 'iqa_plugin.bench.train_step_bench:main',
 }
 
 
