@@ -28,6 +28,9 @@ higher = better, using the metric's ``score_range``.
 
 ``score_candidates(metric, candidates)`` scores (B, N, 3, H, W) candidate images in one
 no-grad batched pass and returns (B, N) scores oriented higher = better.
+
+Precision: the networks score in float32 outside autocast (``scoring.float32_scoring``), so a score or
+a GT choice does not depend on the device or on a training step's autocast.
 """
 import contextlib
 import os
@@ -42,7 +45,7 @@ import torch
 from torch import nn
 
 from iqa_plugin import weights as wm
-from iqa_plugin.scoring import freeze, get_cached_metric
+from iqa_plugin.scoring import as_float32, float32_scoring, freeze, get_cached_metric
 from iqa_plugin.torchscript_tensors import is_torchscript_archive, read_torchscript_tensors
 from iqa_plugin.utils.image import prepare_image
 
@@ -552,7 +555,8 @@ class NRScorer(nn.Module):
         kind ('nr'), lower_better (bool), output_names ((name,)), min_size (int),
         score_range ((lo, hi) floats, the metric's documented scale), loss_capable (bool).
     Forward: ``dist`` (B, 3, H, W) or (3, H, W), RGB in [0, 1] (grayscale replicated, values
-    outside [0, 1] clamped with a warning) -> ``{name: (B,) float tensor}``.
+    outside [0, 1] clamped with a warning) -> ``{name: (B,) float tensor}``. ``score`` runs the network
+    in float32 outside autocast.
     """
     kind = 'nr'
 
@@ -583,11 +587,13 @@ class NRScorer(nn.Module):
         return prepare_image(dist, name='dist', min_size=self.min_size)
 
     def score(self, x):
-        """(B,) scores of a prepared batch ``x`` (B, 3, H, W) in [0, 1] (no validation)."""
-        x = x.to(self.device)
+        """(B,) float32 scores of a prepared batch ``x`` (B, 3, H, W) in [0, 1] (no validation); the network
+        runs in float32 outside autocast (``scoring.float32_scoring``)."""
+        x = as_float32(x.to(self.device))
         if self.batch_one and x.shape[0] > 1:
             return torch.cat([self.score(x[i:i + 1]) for i in range(x.shape[0])])
-        out = self.net(x)
+        with float32_scoring(x.device.type):
+            out = self.net(x)
         if isinstance(out, (tuple, list)):
             out = out[0]
         return out.reshape(x.shape[0], -1)[:, 0].float()
@@ -699,7 +705,8 @@ def score_candidates(metric, candidates, chunk_size=32, device=None, normalize=F
         chunk_size (int): images per forward; bounds memory (B*N images in ceil(B*N/chunk) calls).
         device: where to run (default: the scorer's device, else CUDA when available).
         normalize (bool): return ``scorer.normalize`` quality (~[0, 1]) instead of raw scores.
-        amp (bool | None): autocast (bfloat16 if supported, else float16); default on for CUDA.
+        amp: only None or False: the scorer always runs in float32 outside autocast (an enclosing autocast
+            is switched off too), so scores and GT choices do not depend on the device; True is refused.
     Returns:
         Tensor (B, N) float32 on ``candidates.device``, **higher = better**: raw scores for
         higher-better metrics, negated raw scores for lower-better ones (niqe, brisque), or the
@@ -710,6 +717,9 @@ def score_candidates(metric, candidates, chunk_size=32, device=None, normalize=F
         raise ValueError(f'candidates must be a (B, N, 3, H, W) tensor, got {shape}')
     if chunk_size < 1:
         raise ValueError(f'chunk_size must be >= 1, got {chunk_size}')
+    if amp:
+        raise ValueError('score_candidates: amp is no longer supported: frozen scorers run in float32 outside '
+                         'autocast so GT choices do not depend on the device')
     if isinstance(metric, str):
         if device is None:
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -725,17 +735,12 @@ def score_candidates(metric, candidates, chunk_size=32, device=None, normalize=F
     min_size = getattr(scorer, 'min_size', 16)
     flat = prepare_image(flat, name='candidates', min_size=min_size)
     run_device = scorer.device if hasattr(scorer, 'device') else flat.device
-    use_amp = (run_device.type == 'cuda') if amp is None else bool(amp)
-    amp_dtype = torch.bfloat16 if (run_device.type != 'cuda' or torch.cuda.is_bf16_supported()) else torch.float16
-    if use_amp and run_device.type == 'cuda' and not getattr(scorer, '_channels_last', False):
-        scorer.to(memory_format=torch.channels_last)
-        scorer._channels_last = True
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), float32_scoring(run_device.type):
         for i in range(0, flat.shape[0], chunk_size):
             x = flat[i:i + chunk_size].to(run_device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(run_device.type, dtype=amp_dtype, enabled=use_amp):
-                s = scorer.score(x) if hasattr(scorer, 'score') else scorer(x)[scorer.output_names[0]]
+            x = as_float32(x)
+            s = scorer.score(x) if hasattr(scorer, 'score') else scorer(x)[scorer.output_names[0]]
             out.append(s.float())
     scores = torch.cat(out).reshape(b, n)
     if normalize:

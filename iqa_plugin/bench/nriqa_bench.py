@@ -5,7 +5,7 @@ Scores (B, N, 3, S, S) candidates with one no-reference metric in two ways:
 * ``loop`` (baseline): ``scorer(candidates[b, n])`` image by image under ``inference_mode``, the way a
   data loader would score GT candidates without a batched API;
 * ``batched`` (ours): ``score_candidates(scorer, candidates, chunk_size)``: B*N images in
-  ceil(B*N / chunk) forwards (channels-last input; autocast on CUDA).
+  ceil(B*N / chunk) forwards (channels-last input; float32, as AMO scores).
 
 The variants alternate round by round so load from other processes hits both alike; the figure is
 the median over ``--repeats`` rounds after one warm-up round. The metric is built with random weights

@@ -38,7 +38,6 @@ import torch
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
-from iqa_plugin.utils.image import prepare_pair
 from iqa_plugin.losses.frozen_iqa import FrozenIQALoss
 
 _SCHEDULES = ('linear', 'cosine', 'step')
@@ -169,7 +168,8 @@ class MILOLoss(_MILOLossBase):
         curriculum (dict | None): curriculum spatial masking, e.g. ``{schedule: cosine, start: 0.0, end: 0.8}``
             (module docstring); None for the plain loss.
         detach_mask (bool): gradient only through ``|target - pred|`` (default; same loss value, faster).
-        out_of_range (str): inputs outside [0, 1]: 'clamp' (warn once, clamp), 'error' or 'ignore'.
+        out_of_range (str): inputs outside [0, 1]: 'clamp' (straight-through; warned on the first call),
+            'error' or 'ignore' (``FrozenIQALoss``).
         channels_last (bool | str): run the mask network in channels-last memory format; 'auto' (default):
             only for the detached mask on CPU, where it measured faster (docs/milo.md). Same values up
             to float rounding.
@@ -185,7 +185,7 @@ class MILOLoss(_MILOLossBase):
                          channels_last)
 
     def per_image(self, pred, target):
-        dist, ref = prepare_pair(pred, target, channels=3, min_size=16, out_of_range=self.out_of_range)
+        dist, ref = self.prepare_pair(pred, target, channels=3, min_size=16)
         return self.weighted_error(dist.float(), ref.float())
 
 
@@ -298,7 +298,7 @@ class MILOLatentLoss(_MILOLossBase):
 
     def per_image(self, pred, target):
         if self._encoder is not None:
-            dist, ref = prepare_pair(pred, target, channels=3, min_size=16, out_of_range=self.out_of_range)
+            dist, ref = self.prepare_pair(pred, target, channels=3, min_size=16)
             dist = self.encode(dist)
             with torch.no_grad():
                 ref = self.encode(ref)
@@ -307,7 +307,7 @@ class MILOLatentLoss(_MILOLossBase):
                                  'MILO latent weights need 4 channels')
         else:
             dist, ref = pred, target
-        dist, ref = prepare_pair(dist, ref, channels=4, min_size=16, value_range=None)
+        dist, ref = self.prepare_pair(dist, ref, channels=4, min_size=16, value_range=None)
         return self.weighted_error(dist.float(), ref.float())
 
     def extra_repr(self):

@@ -8,11 +8,13 @@ metric's score range, so one ``loss_weight`` means about the same across metrics
 
 ``target`` is ignored (no reference needed). The metric network never trains: it is kept out of
 ``loss.parameters()`` / ``state_dict()``, its parameters have ``requires_grad=False`` and it stays
-in eval mode when ``loss.train()`` is called. It follows ``pred`` to its device.
+in eval mode when ``loss.train()`` is called. It follows ``pred`` to its device. Precision and input
+checks follow ``FrozenIQALoss`` (float32 outside autocast; values read back on the first call only).
 """
 from basicsr.utils.registry import LOSS_REGISTRY
 
 from iqa_plugin.losses.frozen_iqa import FrozenIQALoss
+from iqa_plugin.nriqa import NRScorer
 
 
 @LOSS_REGISTRY.register()
@@ -54,4 +56,6 @@ class NRIQALoss(FrozenIQALoss):
 
     def per_image(self, pred, target=None):
         scorer = self.frozen_scorer(pred.device)
+        if isinstance(scorer, NRScorer):  # input checks by this loss's policy (FrozenIQALoss), then the network
+            return self.normalise(scorer.score(self.prepare_image(pred, name='pred', min_size=scorer.min_size)))
         return self.normalise(scorer(pred)[scorer.output_names[0]])

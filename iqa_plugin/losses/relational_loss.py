@@ -15,8 +15,8 @@ import math
 import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 
+from iqa_plugin import scoring
 from iqa_plugin.losses.frozen_iqa import FrozenIQALoss
-from iqa_plugin.utils.image import prepare_pair
 
 _MODES = ('softplus', 'neg')
 
@@ -31,7 +31,8 @@ class RelationalLoss(FrozenIQALoss):
         mode (str): 'softplus' (``softplus(-s) - log 2``) or 'neg' (``-s``).
         weights (str): weights entry, default the packaged 'relational'.
         weights_path (str | None): explicit weights file.
-        out_of_range (str): inputs outside [0, 1]: 'clamp' (warn once, clamp), 'error' or 'ignore'.
+        out_of_range (str): inputs outside [0, 1]: 'clamp' (straight-through; warned on the first call),
+            'error' or 'ignore' (``FrozenIQALoss``).
 
     ``forward(pred, target)``: (B, 3, H, W) RGB in [0, 1], H, W >= 16 -> scalar (or (B,) with 'none').
     """
@@ -54,11 +55,12 @@ class RelationalLoss(FrozenIQALoss):
         return self.frozen_scorer('cpu').net
 
     def score(self, pred, target):
-        """s(pred | target): (B,), differentiable with respect to ``pred``."""
-        dist, ref = prepare_pair(pred, target, channels=3, min_size=16, out_of_range=self.out_of_range)
+        """s(pred | target): (B,), differentiable with respect to ``pred``; float32, outside autocast."""
+        dist, ref = self.prepare_pair(pred, target, channels=3, min_size=16)
         net = self.frozen_scorer(dist.device).net
         dtype = next(net.parameters()).dtype
-        return net.relational_score(dist.to(dtype), ref.detach().to(dtype))
+        with scoring.float32_scoring(dist.device.type):
+            return net.relational_score(dist.to(dtype), ref.detach().to(dtype))
 
     def per_image(self, pred, target):
         s = self.score(pred, target)

@@ -8,7 +8,8 @@
 BasicSR calls ``calculate_iqa(img=restored, img2=gt, **options)`` with uint8 BGR HWC arrays, so it works
 in any BasicSR model. Inside the plugin's models (``IQASRModel`` and the other IQA models) the output and
 ground-truth tensors in [0, 1] are scored directly instead (``iqa_plugin.utils.val_tensors``). The
-network is the frozen one of ``scoring.get_cached_metric``, shared with the losses.
+network is the frozen one of ``scoring.get_cached_metric``, shared with the losses; it scores in float32
+outside autocast (``scoring.float32_scoring``), with the full input checks (NaN/Inf, range).
 
 Options: ``metric`` (a ``scoring.METRICS`` name), ``crop_border``, ``output`` (an output name of the
 metric; default its primary score), ``device`` (default CUDA when available), ``better`` (read by
@@ -82,8 +83,8 @@ def calculate_iqa(img, img2=None, metric=None, crop_border=0, output=None, devic
         dist = bgr_uint8_to_tensor(img, device)
         ref = bgr_uint8_to_tensor(img2, device) if img2 is not None else None
     dist, ref = _crop(dist, crop_border), _crop(ref, crop_border) if ref is not None else None
-    with torch.no_grad():
-        out = scorer(dist, ref if spec.kind == 'fr' else None)
+    with torch.no_grad(), scoring.float32_scoring(dist.device.type):  # float32 outside any autocast
+        out = scorer(scoring.as_float32(dist), scoring.as_float32(ref) if spec.kind == 'fr' else None)
     key = output or next(iter(out))
     if key not in out:
         raise ValueError(f"calculate_iqa: {name} has no output '{key}'; available: {', '.join(out)}")

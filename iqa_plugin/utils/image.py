@@ -75,16 +75,49 @@ def check_batch_shape(x, name, min_size):
                          f'{min_size} px')
 
 
-def prepare_image(x, name='image', channels=3, min_size=16, out_of_range='clamp', value_range=(0.0, 1.0)):
+class _ClampStraightThrough(torch.autograd.Function):
+    """``x.clamp(lo, hi)`` forward, identity backward: the gradient reaches out-of-range pixels too."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+
+def clamp_straight_through(x, lo, hi):
+    """Values clamped to [lo, hi]; the gradient passes unchanged (straight-through), also where clamped."""
+    return _ClampStraightThrough.apply(x, lo, hi) if x.requires_grad else x.clamp(lo, hi)
+
+
+def prepare_image(x, name='image', channels=3, min_size=16, out_of_range='clamp', value_range=(0.0, 1.0),
+                  check_values=True):
     """Validate one input batch and return it as (B, C, H, W).
+
+    Input-check policy (docs/architecture.md, input checks):
+
+    * always, from metadata only (no device-to-host read): tensor, (B, C, H, W) or (C, H, W), float
+      dtype, channels (1 is replicated to 3), smallest side;
+    * ``check_values=True`` (user-facing entry points: ``iqa-plugin score``, validators, scorers' own
+      ``forward``, a loss's first call): also NaN/Inf (error) and the value range, which reads values back
+      (a host sync on a GPU);
+    * ``check_values=False`` (a loss in the training step): no value is read; NaN/Inf pass through to the
+      loss value, and ``'clamp'`` clamps without looking (no warning). ``'error'`` always reads the range.
+
+    ``'clamp'`` is straight-through: the scorer sees values clamped to ``value_range`` and the gradient
+    reaches every pixel unchanged, out-of-range ones included (a plain clamp would zero it there).
 
     Args:
         x (Tensor): (C, H, W) or (B, C, H, W).
         name (str): used in error messages (``'dist'``, ``'ref'``, ...).
         channels (int): expected channels; a 1-channel input is replicated when ``channels == 3``.
         min_size (int): smallest allowed height/width.
-        out_of_range (str): ``'clamp'`` (warn once per name, then clamp), ``'error'`` or ``'ignore'``.
+        out_of_range (str): ``'clamp'`` (straight-through; with ``check_values`` a warning once per name),
+            ``'error'`` or ``'ignore'``.
         value_range (tuple | None): allowed range; None skips the range check (latents).
+        check_values (bool): read values back for the NaN/Inf and range checks (see above).
     """
     if not torch.is_tensor(x):
         raise TypeError(f'{name}: expected a torch.Tensor, got {type(x).__name__}')
@@ -103,19 +136,22 @@ def prepare_image(x, name='image', channels=3, min_size=16, out_of_range='clamp'
     h, w = x.shape[-2:]
     if min(h, w) < min_size:
         raise ValueError(f'{name}: image is {h}x{w}, smaller than the minimum side of {min_size} px')
-    if not torch.isfinite(x).all():
+    if check_values and not torch.isfinite(x).all():
         raise ValueError(f'{name}: contains NaN or Inf values')
-    if value_range is not None and out_of_range != 'ignore':
-        lo, hi = value_range
-        xmin, xmax = float(x.detach().min()), float(x.detach().max())
-        if xmin < lo or xmax > hi:
-            if out_of_range == 'error':
-                raise ValueError(f'{name}: values must lie in [{lo}, {hi}], got [{xmin:.4g}, {xmax:.4g}]')
-            if name not in _range_warned:
-                _range_warned.add(name)
-                warnings.warn(f'{name}: values outside [{lo}, {hi}] (got [{xmin:.4g}, {xmax:.4g}]); clamping',
-                              stacklevel=2)
-            x = x.clamp(lo, hi)
+    if value_range is None or out_of_range == 'ignore':
+        return x
+    lo, hi = value_range
+    if not check_values and out_of_range == 'clamp':
+        return clamp_straight_through(x, lo, hi)
+    xmin, xmax = float(x.detach().min()), float(x.detach().max())
+    if xmin < lo or xmax > hi:
+        if out_of_range == 'error':
+            raise ValueError(f'{name}: values must lie in [{lo}, {hi}], got [{xmin:.4g}, {xmax:.4g}]')
+        if name not in _range_warned:
+            _range_warned.add(name)
+            warnings.warn(f'{name}: values outside [{lo}, {hi}] (got [{xmin:.4g}, {xmax:.4g}]); clamping '
+                          '(straight-through: the gradient still reaches them)', stacklevel=2)
+        x = clamp_straight_through(x, lo, hi)
     return x
 
 
