@@ -14,6 +14,12 @@ artefacts)::
       amp: bf16            # optional (GPU): autocast bf16|fp16 (fp16 with dynamic loss scaling)
       channels_last: true  # optional (GPU)
 
+* ``train.amp`` autocasts the forward passes of the trained networks (net_g, and net_d with ``gan_opt``; their
+  outputs are cast back to float32) and nothing else: the losses and every backward pass run outside autocast
+  (PyTorch's AMP recipe; a backward called under autocast would run the frozen scorers' backward in reduced
+  precision too). The plugin's frozen scorers (the ``iqa_opt`` losses, AMO's GT choice) also switch autocast
+  off themselves and score in float32 (``scoring.float32_scoring``), so their values do not depend on ``amp``
+  or the device.
 * ``train.lora`` absent = LoRA with the defaults above; ``lora: {enabled: false}`` = full fine-tuning with the
   same loop (for comparison). ``ema_decay`` must be 0 with LoRA (the adapters are the trained state).
 * Checkpoints (``net_g_<iter>.pth``, ``net_g_best.pth``) hold only the adapters and ``lora`` metadata (rank,
@@ -83,6 +89,17 @@ class _ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad * ctx.scale, None
+
+
+def _float32_outputs(out):
+    """A network's output with its floating tensors (also in tuples and lists) cast to float32."""
+    if torch.is_tensor(out):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, tuple) and hasattr(out, '_fields'):  # a named tuple
+        return type(out)(*(_float32_outputs(o) for o in out))
+    if isinstance(out, (tuple, list)):
+        return type(out)(_float32_outputs(o) for o in out)
+    return out
 
 
 class LoRAFinetuneMixin:
@@ -188,15 +205,31 @@ class LoRAFinetuneMixin:
     def optimize_parameters(self, current_iter):
         if getattr(self, '_amp', None) is None:
             return super().optimize_parameters(current_iter)
-        handle = None
+        entered = []  # autocast contexts opened by a forward pre-hook and not yet closed by its forward hook
+
+        def enter(module, args):
+            ctx = torch.autocast(device_type=self.device.type, dtype=self._amp)
+            ctx.__enter__()
+            entered.append(ctx)
+
+        def leave(module, args, out):  # the losses get float32 outputs (a differentiable cast)
+            entered.pop().__exit__(None, None, None)
+            return _float32_outputs(out)
+
+        # autocast around the trained networks' forwards only: losses and backward stay outside (module docstring)
+        handles = []
+        for net in (self.net_g, getattr(self, 'net_d', None)):
+            if net is not None:
+                handles += [net.register_forward_pre_hook(enter), net.register_forward_hook(leave)]
         if self._loss_scale is not None:
-            handle = self.net_g.register_forward_hook(lambda m, i, out: self._loss_scale.scale_output(out))
+            handles.append(self.net_g.register_forward_hook(lambda m, i, out: self._loss_scale.scale_output(out)))
         try:
-            with torch.autocast(device_type=self.device.type, dtype=self._amp):
-                super().optimize_parameters(current_iter)
+            super().optimize_parameters(current_iter)
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
+            while entered:  # a forward that raised never reached its forward hook
+                entered.pop().__exit__(None, None, None)
         if self._loss_scale is not None:
             self.log_dict['loss_scale'] = math.log2(self._loss_scale.scale)
         return None
