@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn import functional as F
 
@@ -173,6 +174,7 @@ class LGDMRegressorModel(MetricTrainModel):
                 'config': {'features': self.feature_config(), 'regressor': net.config(),
                            'target_range': list(self.target_range)}}
 
+    @master_only  # one writer in DDP (rank 0's features; the cache is only a speed-up)
     def save_feature_cache(self):
         if self.cache_file and self._cache_dirty:
             Path(self.cache_file).parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ import torch
 from basicsr.models.sr_model import SRModel
 from basicsr.models.srgan_model import SRGANModel
 from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from iqa_plugin.models import lora
@@ -235,6 +236,7 @@ class LoRAFinetuneMixin:
         return None
 
     # ------------------------------------------------------------------ saving
+    @master_only  # as BasicSR's: in DDP every rank would write (and rename) the same file
     def save_network(self, net, net_label, current_iter, param_key='params'):
         """net_g with adapters: the adapter file (adapters + metadata); anything else: BasicSR's."""
         if net_label != 'net_g' or self._lora_meta is None or isinstance(net, list):
