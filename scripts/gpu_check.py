@@ -193,9 +193,10 @@ def bench_figures(step, j):
     if j is None:
         return {}
     if step == 'train-step':
-        keep = {'ratio': j.get('ratio'), 'ms': j.get('ms'), 'step_peak_mib': j.get('step_peak_mib'),
-                'skipped': j.get('skipped'), 'goal_met': (j.get('goal') or {}).get('met'),
-                'goal_failures': (j.get('goal') or {}).get('failures'), 'gpu': j.get('gpu')}
+        keep = {'ratio': j.get('ratio'), 'ratio_within': j.get('ratio_within'), 'ms': j.get('ms'),
+                'loss_ms': j.get('loss_ms'), 'step_peak_mib': j.get('step_peak_mib'), 'skipped': j.get('skipped'),
+                'goal_met': (j.get('goal') or {}).get('met'), 'goal_failures': (j.get('goal') or {}).get('failures'),
+                'goal_within_met': (j.get('goal_within') or {}).get('met'), 'gpu': j.get('gpu')}
     elif step == 'milo':
         keep = {k: j.get(k) for k in ('ratio', 'ratios', 'ms', 'max_score_diff', 'threads')}
     elif step == 'afine':
@@ -303,13 +304,15 @@ def report(out, work=None, gpu=None, gpus=None, python=None):
                   f"{r['note']} |".replace('\n', ' '))
     ts = next((r['figures'] for r in rows if r['step'] == 'train-step' and r['figures'].get('ratio')), None)
     if ts:
-        md += ['', '## train-step: step time / L1 step (peak MiB above the step start)', '']
+        md += ['', '## train-step: step time / L1 step, within-step ratio, peak MiB above the step start', '']
+        nan = float('nan')
         for arch, ratios in ts['ratio'].items():
-            peak = (ts.get('step_peak_mib') or {}).get(arch, {})
-            ms = (ts.get('ms') or {}).get(arch, {})
-            md += [f'{arch}:', '', '| config | ms/step | / L1 | peak MiB |', '| --- | ---: | ---: | ---: |']
-            md += [f"| {c} | {ms.get(c, float('nan')):.1f} | {v:.3f} | {peak.get(c, float('nan')):.0f} |"
-                   for c, v in ratios.items()]
+            peak, ms, loss, within = ({} if ts.get(k) is None else ts[k].get(arch, {})
+                                      for k in ('step_peak_mib', 'ms', 'loss_ms', 'ratio_within'))
+            md += [f'{arch}:', '', '| config | ms/step | / L1 | loss ms | within | peak MiB |',
+                   '| --- | ---: | ---: | ---: | ---: | ---: |']
+            md += [f"| {c} | {ms.get(c, nan):.1f} | {v:.3f} | {loss.get(c, nan):.1f} | {within.get(c, nan):.3f} | "
+                   f"{peak.get(c, nan):.0f} |" for c, v in ratios.items()]
             md.append('')
         if ts.get('skipped'):
             md.append('skipped: ' + fmt(ts['skipped']))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks in one run, for a machine with a CUDA GPU (about 6 minutes on one H200; nothing is
-# downloaded or installed). docs/gpu_check.md says what each step checks and how to read the report.
+# The GPU checks in one run, for a machine with a CUDA GPU (a 450 s budget, sized for one H200; nothing
+# is downloaded or installed). docs/gpu_check.md says what each step checks and how to read the report.
 #
 #   bash scripts/gpu_check.sh [--out DIR] [--work DIR] [--budget SECONDS] [--steps A,B] [--dry-run]
 #

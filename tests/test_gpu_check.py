@@ -73,6 +73,8 @@ def _fake_run(out, work):
     logs.mkdir(parents=True)
     ts = {'bench': 'train-step', 'ratio': {'rrdb': {'l1': 1.0, 'vgg19': 1.4, 'milo-pseudomos': 1.03}},
           'ms': {'rrdb': {'l1': 100.0, 'vgg19': 140.0, 'milo-pseudomos': 103.0}},
+          'loss_ms': {'rrdb': {'l1': 1.0, 'vgg19': 41.0, 'milo-pseudomos': 4.0}},
+          'ratio_within': {'rrdb': {'l1': 1.0, 'vgg19': 1.4, 'milo-pseudomos': 1.03}},
           'step_peak_mib': {'rrdb': {'l1': 900.0, 'vgg19': 1500.0, 'milo-pseudomos': 950.0}},
           'skipped': {'milo': 'absent'}, 'goal': {'met': True, 'failures': []}, 'gpu': 'H200'}
     (logs / 'train-step.log').write_text('rrdb: ...\nwarning\n' + json.dumps(ts) + '\n')
@@ -121,7 +123,7 @@ def test_report_reads_figures_and_status(tmp_path, capsys):
     assert rep['failed'] == ['demo', 'gt-sampling', 'afine'] and rep['skipped'] == ['ddp']
     md = (out / 'report.md').read_text()
     assert '| train-step | pass | 60 | rrdb: vgg19 1.400, milo-pseudomos 1.030; goal met |' in md
-    assert '| milo-pseudomos | 103.0 | 1.030 | 950 |' in md
+    assert '| milo-pseudomos | 103.0 | 1.030 | 4.0 | 1.030 | 950 |' in md
     assert md in capsys.readouterr().out + '\n'
 
 
