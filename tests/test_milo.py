@@ -16,6 +16,10 @@ from iqa_plugin.weights import WeightsError
 RAW_ERROR = 0.0082061952
 QUALITY_SCORE = 0.1314578
 LATENT_RAW_ERROR = 0.66785508
+# Identical inputs: the raw error is exactly 0, the quality score scaler(0-map) - scaler(0) only within float32
+# rounding (the two scaler calls run on tensors of different shapes, which oneDNN may reduce with other kernels
+# on AVX2 and AVX-512 machines); the scaler's outputs are O(1), so a few float32 ulps of 1.
+ZERO_TOL = 8 * torch.finfo(torch.float32).eps
 
 
 @pytest.fixture(scope='session')
@@ -102,7 +106,7 @@ def test_pseudomos_packaged():
     scorer = scoring.create_metric('milo-pseudomos')
     dist, ref = _pair(2, 32, 32)
     out = scorer(dist, ref)
-    assert out['quality_score'].shape == (2,) and float(scorer(ref, ref)['quality_score'].abs().max()) == 0.0
+    assert out['quality_score'].shape == (2,) and float(scorer(ref, ref)['quality_score'].abs().max()) <= ZERO_TOL
 
 
 def test_missing_official_weights_offline():
@@ -119,7 +123,7 @@ def test_odd_sizes_match_plain_reference(net, hw):
     expected = reference_milo_error(net.state_dict(), dist, ref)
     assert torch.allclose(out.raw_error, expected, rtol=1e-5, atol=1e-8)
     same = net(ref, ref)
-    assert float(same.raw_error) == 0.0 and float(same.quality_score) == 0.0
+    assert float(same.raw_error) == 0.0 and abs(float(same.quality_score)) <= ZERO_TOL
     assert 0 < float(out.mask.min()) and float(out.mask.max()) < 4
 
 
@@ -128,7 +132,7 @@ def test_odd_size_official(milo_pth):
     dist, ref = _pair(1, 97, 131)
     out = milo(dist, ref)
     assert torch.allclose(out.raw_error, reference_milo_error(milo.state_dict(), dist, ref), rtol=1e-5)
-    assert float(milo(ref, ref).quality_score) == 0.0
+    assert abs(float(milo(ref, ref).quality_score)) <= ZERO_TOL
     assert float(out.quality_score) > 0
 
 
@@ -211,7 +215,7 @@ def test_bad_inputs(scorer):
 def test_grayscale_replicated(scorer):
     g = torch.rand(1, 1, 32, 32)
     out = scorer(g, g)
-    assert float(out['quality_score']) == 0.0
+    assert abs(float(out['quality_score'])) <= ZERO_TOL
 
 
 def test_out_of_range(scorer, random_milo_weights):
@@ -266,7 +270,7 @@ def test_calculate_milo_through_basicsr(milo_pth, fixtures, monkeypatch):
     cropped = calculate_metric({'img': sr, 'img2': gt}, {**opt, 'crop_border': 4})
     assert cropped == pytest.approx(float(scorer(dist[..., 4:-4, 4:-4], ref[..., 4:-4, 4:-4])['quality_score']),
                                     rel=1e-6)
-    assert calculate_metric({'img': gt, 'img2': gt}, opt) == 0.0
+    assert abs(calculate_metric({'img': gt, 'img2': gt}, opt)) <= ZERO_TOL
     assert len(built) == 1  # one network for all calls, shared with the tensor validator
     scoring.clear_cache()
 
