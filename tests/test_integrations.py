@@ -13,7 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def test_pyiqa_create_metric_gives_plugin_metric(shared_dir):
+@pytest.mark.parametrize('name', ['milo-pseudomos', 'milo'])
+def test_pyiqa_create_metric_gives_plugin_metric(name, request):
+    """Through pyiqa's create_metric: the shipped milo-pseudomos (any clone) and the official MILO (its weights
+    only in ../shared: skipped without it)."""
     import pyiqa
 
     from integrations import pyiqa_metrics
@@ -23,16 +26,18 @@ def test_pyiqa_create_metric_gives_plugin_metric(shared_dir):
     assert 'milo' in added and pyiqa_metrics.register() == added  # idempotent
     assert 'afine' not in added  # pyiqa's own names are never shadowed
     assert 'milo' in pyiqa.list_models()
-    w = shared_dir / 'weights' / 'milo' / 'MILO.pth'
-    m = pyiqa.create_metric('milo', device='cpu', weights_path=str(w))
+    kw = {}
+    if name == 'milo':
+        kw['weights_path'] = str(request.getfixturevalue('shared_dir') / 'weights' / 'milo' / 'MILO.pth')
+    m = pyiqa.create_metric(name, device='cpu', **kw)
     assert m.lower_better
     torch.manual_seed(0)
     ref = torch.rand(2, 3, 40, 48)
     dist = (ref + 0.1 * torch.randn_like(ref)).clamp(0, 1)
-    ours = scoring.create_metric('milo', weights_path=str(w))(dist, ref)
+    ours = scoring.create_metric(name, **kw)(dist, ref)
     got = m(dist, ref)
     assert torch.allclose(got.flatten(), next(iter(ours.values())).flatten(), atol=1e-6)
-    loss = pyiqa.create_metric('milo', as_loss=True, device='cpu', weights_path=str(w))
+    loss = pyiqa.create_metric(name, as_loss=True, device='cpu', **kw)
     d = dist.clone().requires_grad_(True)
     loss(d, ref).backward()
     assert torch.isfinite(d.grad).all() and d.grad.abs().sum() > 0
