@@ -184,6 +184,8 @@ class AxisDiff:
 
 # ---------------------------------------------------------------------- words
 def _signed(v):
+    if abs(v) < 0.0005:
+        return '0'
     return f'{v:+.2f}' if abs(v) >= 0.005 else f'{v:+.3f}'
 
 

@@ -65,7 +65,7 @@ def _imported(importtime_stderr):
     return names
 
 
-@pytest.mark.parametrize('args', [['--help'], ['weights', 'list'], ['bench', '--help']])
+@pytest.mark.parametrize('args', [['--help'], ['weights', 'list'], ['bench', '--help'], ['score', '--help']])
 def test_light_commands_import_no_torch(args, tmp_path):
     """``python -m iqa_plugin.cli`` (like the console script) defers the registration."""
     r = run_python('-X', 'importtime', '-m', 'iqa_plugin.cli', *args, cwd=tmp_path)
@@ -119,9 +119,13 @@ def test_bench_help_lists_benches(capsys):
     assert code == 2 and "unknown bench 'nothing'" in err
 
 
-def test_score_help_lists_metrics_with_kind_direction_offline(capsys):
+@pytest.mark.parametrize('args', [['score', '--help'], ['score', '--list']])
+def test_score_help_lists_metrics_with_kind_direction_offline(capsys, args):
+    """``--help`` checks the weights that need no torch (the weights manager's files) and marks the pyiqa and
+    diffusers rows '?' (their check imports pyiqa); ``--list`` checks every row."""
     from iqa_plugin import scoring
-    code, out, err = cli(capsys, 'score', '--help')
+    from iqa_plugin.cli.score import checked_without_torch
+    code, out, err = cli(capsys, *args)
     assert code == 0, err
     lines = {x.split()[0]: x for x in out.splitlines() if x.startswith('  ') and x.split()[0] in scoring.METRICS}
     assert set(lines) == set(scoring.METRICS)
@@ -129,10 +133,16 @@ def test_score_help_lists_metrics_with_kind_direction_offline(capsys):
         words = lines[name].split()
         assert words[1] == spec.kind.upper()
         assert ' '.join(words[2:5]) == f'{spec.better} is better'
+        if args[1] == '--help' and not checked_without_torch(name):
+            assert words[5] == '?' and (spec.pyiqa or name == 'lgdm'), lines[name]
+            continue
         ok, _ = scoring.available_offline(name)
         assert (words[5] == 'yes') == ok, lines[name]
     assert lines['nr-lite'].split()[5] == 'yes'  # ships with the package
     assert 'no: needs MILO.pth' in lines['milo']  # offline in tests, official weights absent
+    assert checked_without_torch('milo') and not checked_without_torch('musiq')
+    if args[1] == '--list':
+        assert 'no: needs musiq_koniq' in lines['musiq']  # conftest: empty torch home
 
 
 # ------------------------------------------------------------------------------ messages
@@ -177,6 +187,36 @@ def test_input_errors_are_one_line_exit_2(tmp_path, capsys):
         code, out, err = cli(capsys, *args)
         assert code == 2, (args, err)
         assert err.startswith('iqa-plugin: error: ') and err.count('\n') == 1 and text in err, (args, err)
+
+
+def _devices_not_here():
+    import torch
+    return ['cuda:99', 'bogus'] + ([] if torch.cuda.is_available() else ['cuda'])
+
+
+@pytest.mark.parametrize('command', ['score', 'score-gts', 'evaluate', 'repro', 'bench'])
+def test_device_not_here_is_one_line_exit_2(command, tmp_path, capsys):
+    """``--device cuda`` on a machine without a GPU (and a GPU index or a name that does not exist anywhere) is an
+    input error: one line, status 2, nothing written (it was torch's 38-line traceback from the first .to())."""
+    img = write_png(tmp_path / 'x.png')
+    out = tmp_path / 'out'
+    args = {'score': ['score', '--metric', 'nr-lite', '--dist', str(img)],
+            'score-gts': ['score-gts', '-opt', str(tmp_path / 'opt.yml'), '--out', str(out / 's.json')],
+            'evaluate': ['evaluate', '--results', str(tmp_path), '--gt', str(tmp_path), '--metrics', 'psnr',
+                         '--out', str(out)],
+            'repro': ['repro', '--small', '--tiny', '--out', str(out)],
+            'bench': ['bench', 'nriqa']}[command]
+    devices = _devices_not_here()
+    if command == 'repro':  # its --device is a choice of auto, cpu, cuda (argparse refuses the others)
+        devices = [d for d in devices if d == 'cuda']
+    for device in devices:
+        code, _, err = cli(capsys, *args, '--device', device)
+        assert code == 2 and err.count('\n') == 1 and err.startswith(f'iqa-plugin: error: --device {device}: '), err
+        assert ('not a device name' in err) == (device == 'bogus'), err
+        assert not out.exists()
+    if command == 'bench':  # the bench's arguments are its own: the = form is found too
+        code, _, err = cli(capsys, *args, '--device=cuda:99')
+        assert code == 2 and err.startswith('iqa-plugin: error: --device cuda:99: '), err
 
 
 @pytest.mark.parametrize('exc', [TypeError('t'), KeyError('k'), AttributeError('a'), RuntimeError('r'),

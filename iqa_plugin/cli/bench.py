@@ -8,7 +8,7 @@ line (with a ``ratio``).
 """
 import json
 
-from iqa_plugin.cli.common import UsageError
+from iqa_plugin.cli.common import UsageError, check_device_argv
 
 NAME = 'bench'
 HELP = 'performance harnesses (last line: one JSON object); bench --help lists them'
@@ -43,6 +43,7 @@ def main(args, rest=()):
         raise UsageError(f"bench needs a NAME; known: {', '.join(sorted(BENCHES))} (bench --help describes them)")
     if args.name not in BENCHES:
         raise UsageError(f"unknown bench '{args.name}'; known: {', '.join(sorted(BENCHES))}")
+    check_device_argv(rest)  # --device cuda without a GPU: one line, before the bench builds anything
     module, func = BENCHES[args.name].split(':')
     result = getattr(importlib.import_module(module), func)(list(rest))
     print(json.dumps(result), flush=True)

@@ -110,6 +110,47 @@ def run_with_error_policy(fn, *args):
         return 2
 
 
+# ---------------------------------------------------------------------------------------- devices
+def check_device(device, option='--device'):
+    """``device`` (a ``--device`` value: cpu, cuda, cuda:N, mps, ...) when this machine has it; ``None`` and
+    ``'auto'`` pass unchanged. UsageError (one line) for a malformed name or a device that is not here, instead
+    of torch's traceback from deep inside the first ``.to(device)``. Imports torch: call it in ``main``."""
+    if device is None or device == 'auto':
+        return device
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{option} {device}: not a device name (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UsageError(f'{option} {device}: no CUDA GPU is usable here (torch.cuda.is_available() is False, '
+                             f'torch {torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu')
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UsageError(f'{option} {device}: this machine has {n} CUDA device(s): cuda:0 to cuda:{n - 1}')
+    elif dev.type == 'mps':
+        if not torch.backends.mps.is_available():
+            raise UsageError(f'{option} {device}: no Apple MPS device here; use --device cpu')
+    elif dev.type != 'cpu':
+        backend = getattr(torch, dev.type, None)
+        if backend is None or not hasattr(backend, 'is_available') or not backend.is_available():
+            raise UsageError(f'{option} {device}: no {dev.type} device here; use --device cpu')
+    return device
+
+
+def check_device_argv(argv, option='--device'):
+    """``check_device`` on the value of ``option`` in a raw argument list (commands whose arguments are
+    parsed elsewhere, e.g. the benches); the list is not changed."""
+    argv = list(argv)
+    for i, a in enumerate(argv):
+        if a == option and i + 1 < len(argv):
+            check_device(argv[i + 1], option)
+        elif a.startswith(option + '='):
+            check_device(a.split('=', 1)[1], option)
+
+
 # ---------------------------------------------------------------------------------------- file pairs
 def file_pairs(ref, dist):
     """Pairs to score: a list of ``(name, ref_path or None, dist_path)``.

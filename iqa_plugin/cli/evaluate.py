@@ -37,11 +37,12 @@ def main(args, rest=()):
     import sys
     import warnings
 
-    from iqa_plugin.cli.common import UsageError
+    from iqa_plugin.cli.common import UsageError, check_device
     from iqa_plugin.evaluate import EvaluateError, EvaluateWarning, evaluate
 
     if rest:
         raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
+    check_device(args.device)
     if args.batch_size < 1:
         raise UsageError(f'--batch-size must be >= 1, got {args.batch_size}')
 

@@ -6,7 +6,9 @@
 
 ``--dist`` and ``--ref`` are image files or folders matched by file name. Each line gives one image's
 outputs, the last their means and the direction. ``--help`` lists every metric with its kind,
-direction and whether its weights are on this machine now.
+direction and whether its weights are on this machine now, without importing torch (well under a second):
+the pyiqa and diffusers metrics, whose check imports pyiqa (seconds), show ``?`` there; ``--list`` prints the
+same table with every metric checked.
 
 Relational extras: ``--save-maps DIR`` writes, per distorted image, ``<stem>_<axis>.png`` (one
 blue-white-red map per distortion axis, sign = direction, scale +-1) and ``<stem>_maps.png`` (all axes
@@ -17,7 +19,7 @@ import json
 import re
 from pathlib import Path
 
-from iqa_plugin.cli.common import UsageError, file_pairs
+from iqa_plugin.cli.common import UsageError, check_device, file_pairs
 
 NAME = 'score'
 HELP = 'score images with a metric (--help lists the metrics)'
@@ -37,16 +39,32 @@ def _offline_note(name):
     return f'no: needs the snapshot {m.group(1)}' if m else 'no'
 
 
-def metric_listing():
-    """The metric table for ``score --help``: name, FR/NR, direction, offline now, description."""
+def checked_without_torch(name):
+    """Whether metric ``name``'s weights can be looked for without importing torch or pyiqa: files of the
+    weights manager only (``iqa_plugin.weights``); pyiqa's file names come from its arch modules, and a
+    metric with a resolver (LGDM: diffusers) imports its library."""
     from iqa_plugin import scoring
 
-    rows = [(n, kind.upper(), f'{better} is better', _offline_note(n), desc)
+    return (not scoring.get_spec(name).resolver
+            and all(kind in ('entry', 'path') for kind, _ in scoring.weight_requirements(name)))
+
+
+def metric_listing(check_all=False):
+    """The metric table for ``score --help`` (``check_all``: ``score --list``): name, FR/NR, direction, offline
+    now, description. Without ``check_all`` the rows that would import torch or pyiqa show '?' (``--help`` stays
+    torch-free and fast)."""
+    from iqa_plugin import scoring
+
+    rows = [(n, kind.upper(), f'{better} is better',
+             _offline_note(n) if check_all or checked_without_torch(n) else '? (--list)', desc)
             for n, kind, better, desc in scoring.table_rows()]
     head = ('name', 'kind', 'direction', 'offline now', 'description')
     w = [max(len(r[i]) for r in [head] + rows) for i in range(4)]
     lines = ['metrics (FR: needs --ref; NR: no reference; offline now: its weights are on this machine,',
              'else they are downloaded on first use, see iqa-plugin weights list; --weights PATH gives a file):']
+    if not check_all:
+        lines.append("'? (--list)': not checked here (that imports pyiqa: seconds); iqa-plugin score --list checks "
+                     'every metric')
     for r in [head] + rows:
         lines.append('  ' + '  '.join(r[i].ljust(w[i]) for i in range(4)) + '  ' + r[4])
     return '\n'.join(lines)
@@ -59,7 +77,7 @@ def add_parser(sub):
                        'with a metric. Relational extras: --save-maps DIR writes colour distortion maps per '
                        'type; --compare A B tells which of two images is closer to --ref.',
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog_fn=metric_listing)
-    p.add_argument('--metric', required=True, help='metric name (listed below)')
+    p.add_argument('--metric', help='metric name (listed below; required unless --list)')
     p.add_argument('--ref', help='reference image or folder (full-reference metrics)')
     p.add_argument('--dist', help='distorted image or folder (matched to --ref by file name)')
     p.add_argument('--weights', metavar='PATH', help='explicit weights file of the metric')
@@ -68,6 +86,8 @@ def add_parser(sub):
     p.add_argument('--json', action='store_true', help='one JSON object per line')
     p.add_argument('--save-maps', metavar='DIR', help='relational: write per-type colour distortion maps (PNG)')
     p.add_argument('--compare', nargs=2, metavar=('A', 'B'), help='relational: which of A and B is better vs --ref')
+    p.add_argument('--list', action='store_true',
+                   help="print the metric table with every metric's weights checked (imports pyiqa: seconds)")
     return p
 
 
@@ -113,6 +133,12 @@ def _check_same_size(name, ref, dist, what='ref'):
 def main(args, rest=()):
     if rest:
         raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
+    if args.list:
+        print(metric_listing(check_all=True))
+        return 0
+    if not args.metric:
+        raise UsageError('score needs --metric NAME (iqa-plugin score --help lists them)')
+    check_device(args.device)
     if args.save_maps or args.compare:
         if args.metric != 'relational':
             raise UsageError('--save-maps and --compare are options of --metric relational')

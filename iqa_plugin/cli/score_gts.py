@@ -10,7 +10,7 @@ to ``train.gt_sampling.scores``; it is keyed by file content sha256 and records 
 options, so the strategy refuses it when the scorer or any file's content changed. Files whose content is
 already scored by the same scorer in an existing cache at that path are not scored again.
 """
-from iqa_plugin.cli.common import UsageError
+from iqa_plugin.cli.common import UsageError, check_device
 
 NAME = 'score-gts'
 HELP = 'score every GT candidate of a multi-GT training set (the sma/smp score cache)'
@@ -98,6 +98,7 @@ def main(args, rest=()):
 
     if rest:
         raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
+    check_device(args.device)
     option_file = Path(args.opt)
     if not option_file.is_file():
         raise FileNotFoundError(f'option file not found: {option_file}')

@@ -10,6 +10,8 @@
   ``calculate_iqa`` on the output tensors (no uint8 rounding); ``better`` defaults from the table for every
   plugin validator, so logs, TensorBoard and selection use the metric's real direction.
 * ``val.select_by``: checkpoint selection (``iqa_plugin.models.selection``) saving ``net_g_best``.
+* ``val.axis_report``: per validation, what changed in the outputs against the previous or best checkpoint, axis
+  by axis (``iqa_plugin.models.axis_report``): one sentence in the log, ``axes/<axis>`` and a figure in TensorBoard.
 * ``logger.progress_bar: true``: a tqdm bar of the iterations on rank 0.
 * training state: ``iqa_best`` (the selection's state) and any other ``extra_training_state`` entry are added
   to BasicSR's ``<iter>.state`` file and restored on resume.
@@ -35,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from iqa_plugin import scoring
+from iqa_plugin.models.axis_report import AxisReportMixin
 from iqa_plugin.models.selection import build_selection, validator_metric
 from iqa_plugin.utils import val_tensors
 from iqa_plugin.utils.dist import read_training_state
@@ -260,7 +263,8 @@ class TrainingStateMixin:
         self.load_extra_training_state(resume_state)
 
 
-class IQAModelMixin(ProgressBarMixin, SelectionMixin, IQAValidationMixin, IQALossMixin, TrainingStateMixin):
+class IQAModelMixin(ProgressBarMixin, AxisReportMixin, SelectionMixin, IQAValidationMixin, IQALossMixin,
+                    TrainingStateMixin):
     """All IQA training features; put it before a BasicSR model class (see the module docstring)."""
 
     iqa_options = True  # the option pre-flight check accepts iqa_opt, table-name validators and select_by

@@ -12,8 +12,8 @@ training at the first validation:
   validators (``calculate_iqa``, its aliases ``calculate_milo``/``_relational``/``_afine``/``_nriqa`` and
   ``type: <table name>``), checked against the metric factory's options plus the validator keys;
 * blocks that only the plugin's IQA models read (``train.iqa_opt``, ``type: <table name>`` validators,
-  ``val.select_by``) under a model that ignores them (a model supports them when its class has a truthy
-  ``iqa_options`` attribute), naming the model to use instead;
+  ``val.select_by``, ``val.axis_report``) under a model that ignores them (a model supports them when its class
+  has a truthy ``iqa_options`` attribute), naming the model to use instead;
 * a ``better`` that contradicts the metric's direction (``better: higher`` on ``milo``), or a
   ``val.select_by`` on a lower-is-better metric whose block leaves ``better`` at BasicSR's 'higher': either
   would make checkpoint selection keep the worst checkpoint;
@@ -364,6 +364,20 @@ def check_select_by(val, ctx):
                           f"val.metrics.{metric}, or selection keeps the worst checkpoint")
 
 
+def check_axis_report(val, ctx):
+    """``val.axis_report``: an IQA model, known keys, ``against`` previous|best (best needs ``val.select_by``)."""
+    if not (val or {}).get('axis_report'):
+        return
+    if not ctx.iqa:
+        raise ctx.not_read('val.axis_report')
+    from iqa_plugin.models.axis_report import check_options as check_axis_options
+
+    try:
+        check_axis_options(val)
+    except ValueError as e:
+        raise OptionError(_one_line(e)) from e
+
+
 # ------------------------------------------------------------------------------------------ networks
 def _check_network_weights(block, cls, where, ctx):
     """Weights-manager entries and explicit files that a plugin network loads at construction."""
@@ -502,6 +516,7 @@ def check_options(opt, is_train=True, resolve_weights=True):
         check_metric_block(block, f'val.metrics.{name}', ctx)
     if is_train:
         check_select_by(val, ctx)
+        check_axis_report(val, ctx)
     path = opt.get('path') or {}
     for k, p in path.items():
         if (k.startswith('pretrain_network_') or k == 'resume_state') and isinstance(p, str) and p \
