@@ -496,8 +496,32 @@ project's small offline model, whose gradient is gameable (docs/nriqa.md), where
 held-out set has few images, so a difference of one or two images' worth decides a mean."""
 
 
+SMOKE_TEST = """`--tiny` is a smoke test: tiny nets trained for 2 iterations per stage, to check that the data, every
+training stage, the inference and the evaluation run end to end. Its numbers are noise and say nothing about the
+method, so no verdict is given; run `iqa-plugin repro --small` without `--tiny` for the experiment (docs/repro.md)."""
+
+
 def _fmt(v):
     return '—' if v is None else (f'{v:.4f}' if v == 0 or abs(v) >= 0.01 else f'{v:.3e}')
+
+
+def _verdict_lines(v):
+    """The verdict section of ``summary.md`` (a ``tiny`` run has none: ``SMOKE_TEST``)."""
+    lines = ['', '## Verdict', '']
+    if v['psnr_cost_amo_db'] is not None:
+        lines.append(f"- PSNR cost of AMO over UPos: {v['psnr_cost_amo_db']:+.3f} dB (small: at most "
+                     f"{SMALL_PSNR_COST_DB} dB); PSNR drop of AMO+FT from AMO: {v['psnr_drop_ft_db']:+.3f} dB "
+                     f"(bounded: at most {BOUNDED_FT_DROP_DB} dB): {'within' if v['fidelity_ok'] else 'OUTSIDE'} "
+                     f"these bounds.")
+    if OPTIMISED in v['judges']:
+        lines.append(f"- Optimised scorer ({OPTIMISED}, the AMO scorer and the FT loss): AMO > UPos and AMO+FT > "
+                     f"AMO: {'yes' if v['optimised_holds'] else 'no'}.")
+    lines.append(f"- Scorers that were not optimised (NR and FR against the positives): {v['unoptimised_agree']} "
+                 f"of {v['unoptimised_total']} agree with both steps.")
+    lines += ['', f"**The paper's direction {v['overall']} in this run.**", '']
+    if v['overall'] != 'holds':
+        lines += [WHY_NOT, '']
+    return lines
 
 
 def summary_markdown(result, v, info):
@@ -519,20 +543,10 @@ def summary_markdown(result, v, info):
     if result['skipped']:
         lines += ['', 'Not scored (weights not on this machine): ' + ', '.join(result['skipped']) +
                   ' (see evaluation/per_method.md).']
-    lines += ['', '## Verdict', '']
-    if v['psnr_cost_amo_db'] is not None:
-        lines.append(f"- PSNR cost of AMO over UPos: {v['psnr_cost_amo_db']:+.3f} dB (small: at most "
-                     f"{SMALL_PSNR_COST_DB} dB); PSNR drop of AMO+FT from AMO: {v['psnr_drop_ft_db']:+.3f} dB "
-                     f"(bounded: at most {BOUNDED_FT_DROP_DB} dB): {'within' if v['fidelity_ok'] else 'OUTSIDE'} "
-                     f"these bounds.")
-    if OPTIMISED in v['judges']:
-        lines.append(f"- Optimised scorer ({OPTIMISED}, the AMO scorer and the FT loss): AMO > UPos and AMO+FT > "
-                     f"AMO: {'yes' if v['optimised_holds'] else 'no'}.")
-    lines.append(f"- Scorers that were not optimised (NR and FR against the positives): {v['unoptimised_agree']} "
-                 f"of {v['unoptimised_total']} agree with both steps.")
-    lines += ['', f"**The paper's direction {v['overall']} in this run.**", '']
-    if v['overall'] != 'holds':
-        lines += [WHY_NOT, '']
+    if info['scale'] == 'tiny':  # 2 iterations per stage: the numbers above are noise, not evidence
+        lines += ['', '## No verdict: smoke test', '', SMOKE_TEST, '']
+    else:
+        lines += _verdict_lines(v)
     lines += ['## Stages', '', '| stage | method | iterations | wall s | CPU s | skipped (resume) |',
               '| --- | --- | ---: | ---: | ---: | --- |']
     for key, s in info['stages'].items():
@@ -626,6 +640,8 @@ def run(out=DEFAULT_OUT, src=None, arch='rrdb', scale='small', iters_scale=1.0, 
     stages['evaluation'] = {'method': '-', 'iters': 0, 'seconds': round(time.time() - t0, 1),
                             'cpu_seconds': round(time.process_time() - c0, 1)}
     v = verdict(result)
+    if scale == 'tiny':  # a smoke test: no verdict (summary_markdown says why)
+        v = {**v, 'overall': None, 'smoke_test': True}
     info = {'arch': arch, 'scale': scale, 'train_groups': data[TRAIN_SET]['groups'],
             'heldout_groups': data[HELDOUT_SET]['groups'], 'stages': stages, 'total_seconds': time.time() - t_start}
     summary = out / 'summary.md'

@@ -60,7 +60,11 @@ def test_tiny_run_writes_every_stage(tiny_run):
     trained = {p.stem for p in (out / 'data' / 'train' / 'images' / 'train' / 'original').glob('*.png')}
     assert held and trained and not held & trained
     summary = (out / 'summary.md').read_text()
-    assert "The paper's direction" in summary and '| nr-lite | NR | optimised |' in summary
+    assert '| nr-lite | NR | optimised |' in summary
+    # 2 iterations per stage: a smoke test, said as such, with no verdict either way
+    assert '## No verdict: smoke test' in summary and R.SMOKE_TEST in summary and '## Verdict' not in summary
+    assert "paper's direction" not in summary and "paper's direction" not in printed
+    assert json.loads((out / 'summary.json').read_text())['verdict']['overall'] is None
     assert printed.rstrip().splitlines()[-3] == f'repro: everything is in {out}'
 
 
@@ -144,3 +148,15 @@ def test_verdict(amo, ft, overall):
                                                        'heldout_groups': 1, 'stages': {}, 'total_seconds': 1.0})
     assert f"**The paper's direction {overall} in this run.**" in text
     assert (R.WHY_NOT.splitlines()[0] in text) == (overall != 'holds')
+
+
+def test_tiny_summary_is_a_smoke_test_without_verdict():
+    """A ``tiny`` run (2 iterations per stage) says it is a smoke test and judges nothing, whatever its numbers."""
+    keys = ('psnr', 'nr-lite', 'niqe-fitted', 'milo')
+    vals = {'UPos': dict(zip(keys, (30.0, 0.50, 10.0, 0.20))), 'AMO': dict(zip(keys, (29.8, 0.45, 9.0, 0.19))),
+            'AMO+FT': dict(zip(keys, (29.0, 0.60, 8.0, 0.18)))}
+    v = R.verdict(_result(vals, LB))
+    info = {'arch': 'rrdb', 'scale': 'tiny', 'train_groups': 1, 'heldout_groups': 1, 'stages': {}, 'total_seconds': 1.0}
+    text = R.summary_markdown(_result(vals, LB), v, info)
+    assert R.SMOKE_TEST in text and '## Verdict' not in text and "paper's direction" not in text
+    assert R.WHY_NOT.splitlines()[0] not in text and '| nr-lite | NR | optimised |' in text

@@ -29,7 +29,8 @@ def add_parser(sub):
     p.add_argument('--arch', choices=['rrdb', 'swinir'], default='rrdb', help='small RRDBNet (default) or SwinIR')
     p.add_argument('--iters-scale', type=float, default=1.0, metavar='F',
                    help='multiply every stage\'s iterations by F (default 1)')
-    p.add_argument('--tiny', action='store_true', help='a seconds-long version (tiny nets, 2 iterations per stage)')
+    p.add_argument('--tiny', action='store_true', help='a seconds-long smoke test (tiny nets, 2 iterations per stage): checks that everything runs, '
+                        'gives no verdict')
     p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     p.add_argument('--threads', type=int, default=1,
                    help="torch CPU threads (default 1: fastest on a shared machine; 0 = torch's default)")
@@ -44,12 +45,13 @@ def main(args, rest=()):
     import os
     from pathlib import Path
 
-    from iqa_plugin.cli.common import UsageError
+    from iqa_plugin.cli.common import UsageError, check_device
 
     if rest:
         raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
     if not args.small:
         raise UsageError('give --small (the small offline run is the only mode so far)')
+    check_device(args.device)
     if args.weights_dir is not None:
         if not Path(args.weights_dir).is_dir():
             raise UsageError(f'--weights-dir folder not found: {args.weights_dir}')
