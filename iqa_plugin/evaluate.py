@@ -68,6 +68,11 @@ def load_gt_set(gt, labels=None):
     if not gt.is_dir():
         raise EvaluateError(f'GT folder not found: {gt}')
     if (gt / 'images').is_dir():  # an HGGT root
+        sets = [p.name for p in sorted((gt / 'images').iterdir()) if p.is_dir()]
+        if not (gt / 'images' / layout.ORIGINAL).is_dir() and len(sets) > 1:  # in evaluate's own arguments
+            hint = f' --labels {gt / "labels" / sets[0]}' if labels is None and (gt / 'labels').is_dir() else ''
+            raise EvaluateError(f'{gt / "images"} holds {len(sets)} sets ({", ".join(sets)}); evaluate one at a '
+                                f'time: give its folder as --gt, e.g. --gt {gt / "images" / sets[0]}{hint}')
         try:
             if labels is None and (gt / 'labels').is_dir():
                 images_dir, labels_dir = layout.resolve_hggt_dirs(dataroot=gt)

@@ -226,3 +226,26 @@ def test_hggt_image_set_with_labels_equals_the_root(data):
     assert split['methods'][0]['means'] == root['methods'][0]['means']
     assert {r['image']: r['n_gt'] for r in split['per_image']} == {r['image']: r['n_gt'] for r in root['per_image']}
     assert all(r['n_gt'] == 1 for r in alone['per_image'])
+
+
+def test_root_with_several_sets_names_evaluates_own_arguments(data, tmp_path):
+    """An HGGT root holding two sets: the one-line error says which --gt (and --labels) to give, in evaluate's
+    arguments (it used to say "choose one with the option set", an option evaluate does not have), and that
+    command works."""
+    import shutil
+
+    from iqa_plugin.cli import dispatch
+    from iqa_plugin.cli.common import UsageError
+
+    root = tmp_path / 'root'
+    for sub in ('images', 'labels'):
+        shutil.copytree(data / 'set' / sub / 'test', root / sub / 'test')
+        shutil.copytree(data / 'set' / sub / 'test', root / sub / 'other')
+    base = ['evaluate', '--results', str(data / 'high'), '--metrics', 'psnr', '--out', str(tmp_path / 'o')]
+    with pytest.raises(UsageError) as e:
+        dispatch(base + ['--gt', str(root)])
+    msg = str(e.value)
+    assert '\n' not in msg and 'option set' not in msg and 'holds 2 sets (other, test)' in msg
+    hint = f"--gt {root / 'images' / 'other'} --labels {root / 'labels' / 'other'}"
+    assert msg.endswith(hint), msg
+    assert dispatch(base + hint.split()) == 0  # the suggested command runs (HGGT's multi-GT protocol)
