@@ -105,3 +105,38 @@ def test_ddp_two_processes_on_cpu(tmp_path, tiny_sr):
     assert (exp / 'models' / 'net_g_4.pth').is_file()
     sd = torch.load(exp / 'models' / 'net_g_4.pth', weights_only=True)['params']
     assert not any(k.startswith('module.') for k in sd)  # BasicSR unwraps DDP when saving
+
+
+def test_threads_option_is_the_plugins_and_sets_torch(tmp_path, tiny_sr, monkeypatch):
+    """``--threads N`` is taken out of BasicSR's arguments and sets torch's CPU threads for the run; a bad value
+    stops the run before anything is written; the command lines default to 1 unless OMP_NUM_THREADS is set."""
+    import pytest
+
+    from iqa_plugin import train as T
+    from iqa_plugin.utils.options_check import OptionError
+
+    assert T.split_threads(['-opt', 'a.yml', '--threads', '3', '--debug']) == (['-opt', 'a.yml', '--debug'], '3')
+    assert T.split_threads(['-opt', 'a.yml', '--threads=0']) == (['-opt', 'a.yml'], '0')
+    assert T.split_threads(['-opt', 'a.yml']) == (['-opt', 'a.yml'], None)
+    opt = write_tiny_options(tmp_path / 'run.yml', tiny_sr, name='threads', iters=2, val_freq=2)
+    for bad in ('-1', 'two'):
+        with pytest.raises(OptionError, match='--threads must be an integer >= 0'):
+            T.run(['-opt', str(opt), '--threads', bad], root_path=str(tmp_path))
+    assert not (tmp_path / 'experiments').exists()
+    n = torch.get_num_threads()
+    want = 1 if n != 1 else 2
+    try:
+        T.run(['-opt', str(opt), '--threads', str(want)], root_path=str(tmp_path))
+        assert torch.get_num_threads() == want
+    finally:
+        torch.set_num_threads(n)
+    assert (tmp_path / 'experiments' / 'threads' / 'models' / 'net_g_2.pth').is_file()
+
+    seen = []
+    monkeypatch.setattr(T, 'run', lambda argv, root_path=None: seen.append(argv))
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    T.main_argv(['-opt', 'a.yml'])
+    T.main_argv(['-opt', 'a.yml', '--threads', '4'])
+    monkeypatch.setenv('OMP_NUM_THREADS', '2')  # the user's choice: torch follows it, the default leaves it
+    T.main_argv(['-opt', 'a.yml'])
+    assert seen == [['-opt', 'a.yml', '--threads', '1'], ['-opt', 'a.yml', '--threads', '4'], ['-opt', 'a.yml']]

@@ -10,14 +10,26 @@ def add_parser(sub):
     p.add_argument('--val-freq', type=int, default=None)
     p.add_argument('--out', default='iqa_plugin_demo', help='output folder (default ./iqa_plugin_demo)')
     p.add_argument('--device', choices=['auto', 'cpu'], default='auto')
+    p.add_argument('--threads', type=int, default=None, metavar='N',
+                   help="torch CPU threads (default 1, or $OMP_NUM_THREADS when set; 0 = torch's default, one per "
+                        "core). 1 is the measured fastest for the demo's small nets on a shared machine (README)")
     return p
 
 
 def main(args, rest=()):
+    import os
+
     from iqa_plugin.cli.common import UsageError
-    from iqa_plugin.demo import run_demo
 
     if rest:
         raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
-    run_demo(arch=args.arch, iters=args.iters, out=args.out, val_freq=args.val_freq, device=args.device)
+    threads = args.threads
+    if threads is None:  # the default: 1, unless the user chose with OMP_NUM_THREADS (torch follows it)
+        threads = None if os.environ.get('OMP_NUM_THREADS') else 1
+    elif threads < 0:
+        raise UsageError(f'--threads must be >= 0, got {threads}')
+    from iqa_plugin.demo import run_demo
+
+    run_demo(arch=args.arch, iters=args.iters, out=args.out, val_freq=args.val_freq, device=args.device,
+             threads=threads)
     return 0

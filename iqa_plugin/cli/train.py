@@ -1,8 +1,11 @@
 """``iqa-plugin train``: BasicSR training with the plugin registered and the option file checked first.
 
     iqa-plugin train -opt YAML [--launcher none|pytorch|slurm] [--auto_resume] [--debug] [--force_yml ...]
+                     [--threads N]
 
-The arguments are BasicSR's ``basicsr/train.py`` ones, passed on unchanged to ``iqa_plugin.train.run``.
+The arguments are BasicSR's ``basicsr/train.py`` ones, passed on unchanged to ``iqa_plugin.train.run``, plus
+``--threads N``: torch CPU threads (default 1, or $OMP_NUM_THREADS when set; 0 = torch's default, one per
+core). One thread is the measured fastest for small nets on a shared machine (README, "Set up").
 """
 NAME = 'train'
 HELP = 'train with a BasicSR option file (arguments as basicsr/train.py)'
@@ -17,7 +20,7 @@ def main_argv(argv):
     if not argv or argv[0] in ('-h', '--help'):
         print(__doc__.strip())
         return 0
-    from iqa_plugin.train import run
+    from iqa_plugin.train import main_argv as train
 
-    run(list(argv))
+    train(list(argv))
     return 0
