@@ -33,6 +33,7 @@ def test_quick_run_json_line(capsys):
             assert math.isfinite(result['ratio_paired'][arch][config]) and result['ms'][arch][config] > 0
             assert math.isfinite(result['ratio_within'][arch][config]) and result['ratio_within'][arch][config] > 0
             assert 0 < result['loss_ms'][arch][config] < result['ms'][arch][config]
+            assert math.isfinite(result['ratio_cpu'][arch][config]) and result['cpu_ms'][arch][config] > 0
         assert result['per_arch'][arch]['batch'] == 2 and result['per_arch'][arch]['size'] == 32
     assert set(result['goal']) >= {'met', 'failures', 'max_ratio'} and result['goal']['applies'] is False
     assert set(result['goal_within']) >= {'met', 'failures'}

@@ -30,7 +30,10 @@ of the same quotient within each round. ``loss_ms`` is the median time of the lo
 the end of the generator's forward until the gradient of its output is complete: the losses' forward and
 backward), and ``ratio_within`` the median over steps of step / (step - its loss time + the L1 step's loss
 time): each step against itself with L1's loss cost, which load changes between steps cannot skew (the
-figure to trust on a busy machine; ``goal_within`` judges it). On CUDA, ``step_peak_mib[arch][config]`` is the peak memory
+figure to trust on a busy machine; ``goal_within`` judges it). On CPU, ``cpu_ms`` and ``ratio_cpu`` are the
+same for the CPU time of this process (``time.process_time``), which leaves out the time spent waiting for a
+core held by another process (with one torch thread; with more, OpenMP threads' waits for each other count).
+On CUDA, ``step_peak_mib[arch][config]`` is the peak memory
 allocated during the step above what was allocated when it started (activations, gradients, loss-network
 workspaces; the resident parameters and optimizer states of the models are not in it). The goal
 (``goal``): every offline plugin loss at most 1.10x the L1 step and below the VGG19 step, on every network.
@@ -189,10 +192,12 @@ def mark_loss_time(net, cuda):
 
 def time_configs(models, data, device, rounds, warmup):
     """Rotating-order rounds: config -> seconds per timed step, config -> seconds of its losses (forward and
-    backward, ``mark_loss_time``) in those steps, and config -> step peak MiB on CUDA."""
+    backward, ``mark_loss_time``) in those steps, config -> CPU seconds of this process per step, and
+    config -> step peak MiB on CUDA."""
     names = list(models)
     cuda = device.type == 'cuda'
     times = {c: [] for c in names}
+    cpu_times = {c: [] for c in names}
     loss_times = {c: [] for c in names}
     peaks = {c: [] for c in names}
     marks = {c: mark_loss_time(models[c].net_g, cuda) for c in names}
@@ -206,17 +211,18 @@ def time_configs(models, data, device, rounds, warmup):
                 torch.cuda.synchronize(device)
                 base = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.optimize_parameters(TOTAL_ITER // 2)
             if cuda:
                 torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if r >= warmup:
                 times[c].append(dt)
+                cpu_times[c].append(dc)
                 loss_times[c].append(marks[c].pop('loss'))
                 if cuda:
                     peaks[c].append((torch.cuda.max_memory_allocated(device) - base) / 2**20)
-    return times, loss_times, (peaks if cuda else {})
+    return times, loss_times, cpu_times, (peaks if cuda else {})
 
 
 def run_arch(arch, args, device, configs):
@@ -230,7 +236,7 @@ def run_arch(arch, args, device, configs):
     data = make_batch(batch, size, 4, device)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # out-of-range clamp notices of an untrained generator
-        times, loss_times, peaks = time_configs(models, data, device, args.rounds, args.warmup)
+        times, loss_times, cpu_times, peaks = time_configs(models, data, device, args.rounds, args.warmup)
     ms = {c: 1000.0 * statistics.median(v) for c, v in times.items()}
     ratio = {c: ms[c] / ms['l1'] for c in ms}
     paired = {c: statistics.median(t / b for t, b in zip(times[c], times['l1'])) for c in ms}
@@ -239,14 +245,19 @@ def run_arch(arch, args, device, configs):
     # steps cancel, since the rest of the step (generator forward, backward, Adam, EMA) is measured with it
     l1_loss = statistics.median(loss_times['l1'])
     within = {c: statistics.median(t / (t - lt + l1_loss) for t, lt in zip(times[c], loss_times[c])) for c in ms}
+    # CPU seconds of this process: time spent waiting for a core held by another process is not in it
+    cpu_ms = {c: 1000.0 * statistics.median(v) for c, v in cpu_times.items()} if device.type == 'cpu' else {}
+    ratio_cpu = {c: cpu_ms[c] / cpu_ms['l1'] for c in cpu_ms}
     peak = {c: max(v) for c, v in peaks.items()}
     print(f'{arch}: {network["type"]} x4 ({params:.2f} M params), batch {batch}, GT {size}x{size}, '
           f'LQ {size // 4}x{size // 4}, median of {args.rounds} rounds (warm-up {args.warmup})')
     head = (f"  {'config':<16}{'ms/step':>10}{'/ L1':>8}{'paired':>8}{'loss ms':>10}{'within':>8}"
-            + (f"{'peak MiB':>10}" if peak else ''))
+            + (f"{'CPU ms':>10}{'/ L1':>8}" if cpu_ms else '') + (f"{'peak MiB':>10}" if peak else ''))
     print(head)
     for c in ms:
         line = f'  {c:<16}{ms[c]:>10.1f}{ratio[c]:>8.3f}{paired[c]:>8.3f}{loss_ms[c]:>10.1f}{within[c]:>8.3f}'
+        if cpu_ms:
+            line += f'{cpu_ms[c]:>10.1f}{ratio_cpu[c]:>8.3f}'
         if peak:
             line += f'{peak[c]:>10.0f}'
         print(line)
@@ -258,10 +269,12 @@ def run_arch(arch, args, device, configs):
             'ratio_paired': {c: round(v, 4) for c, v in paired.items()},
             'loss_ms': {c: round(v, 2) for c, v in loss_ms.items()},
             'ratio_within': {c: round(v, 4) for c, v in within.items()},
+            'cpu_ms': {c: round(v, 2) for c, v in cpu_ms.items()},
+            'ratio_cpu': {c: round(v, 4) for c, v in ratio_cpu.items()},
             'step_peak_mib': {c: round(v, 1) for c, v in peak.items()}}
 
 
-FIGURES = ('ms', 'ratio', 'ratio_paired', 'loss_ms', 'ratio_within', 'step_peak_mib')
+FIGURES = ('ms', 'ratio', 'ratio_paired', 'loss_ms', 'ratio_within', 'cpu_ms', 'ratio_cpu', 'step_peak_mib')
 
 
 def goal(per_arch, key='ratio'):
@@ -343,6 +356,9 @@ def main(argv=None):
               'ms': {a: r['ms'] for a, r in per_arch.items()},
               'loss_ms': {a: r['loss_ms'] for a, r in per_arch.items()},
               'ratio_within': {a: r['ratio_within'] for a, r in per_arch.items()}}
+    if device.type == 'cpu':
+        result['cpu_ms'] = {a: r['cpu_ms'] for a, r in per_arch.items()}
+        result['ratio_cpu'] = {a: r['ratio_cpu'] for a, r in per_arch.items()}
     if device.type == 'cuda':
         result['step_peak_mib'] = {a: r['step_peak_mib'] for a, r in per_arch.items()}
         result['gpu'] = torch.cuda.get_device_name(device)
