@@ -33,6 +33,7 @@ from collections import OrderedDict
 import torch
 from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import get_dist_info
 from torch import nn
 from tqdm import tqdm
 
@@ -40,7 +41,7 @@ from iqa_plugin import scoring
 from iqa_plugin.models.axis_report import AxisReportMixin
 from iqa_plugin.models.selection import build_selection, validator_metric
 from iqa_plugin.utils import val_tensors
-from iqa_plugin.utils.dist import read_training_state
+from iqa_plugin.utils.dist import read_training_state, wait_for_rank0_validation
 
 
 class IQALossBundle(nn.Module):
@@ -132,6 +133,8 @@ class IQAValidationMixin:
                                    f'validation @ iter {seen[name][1]}')
             return
         super().validation(dataloader, current_iter, tb_logger, save_img)
+        if self.opt.get('dist'):  # BasicSR validates on rank 0 only: the others wait here, not in NCCL
+            wait_for_rank0_validation(self.opt)
         seen[name] = (steps, current_iter)
         self._iqa_validated = seen
 
@@ -235,7 +238,8 @@ class TrainingStateMixin:
     """Extra entries in BasicSR's training-state file, restored on resume.
 
     Subclasses extend ``extra_training_state()`` (a dict of picklable-safe values: numbers, strings,
-    tensors, lists and dicts of them) and ``load_extra_training_state(state)``.
+    tensors, lists and dicts of them) and ``load_extra_training_state(state)``. In a DDP run every rank calls
+    ``extra_training_state()`` (so it may gather per-rank state to rank 0) and rank 0 alone writes the file.
     """
 
     def extra_training_state(self):
@@ -245,10 +249,11 @@ class TrainingStateMixin:
         pass
 
     def save_training_state(self, epoch, current_iter):
-        if self.opt.get('rank', 0) != 0:  # one writer: every rank would write the same file
+        # every rank builds the extra entries (they may gather per-rank state to rank 0); rank 0 alone writes
+        extra = self.extra_training_state() if current_iter != -1 else {}
+        if get_dist_info()[0] != 0:
             return
         super().save_training_state(epoch, current_iter)
-        extra = self.extra_training_state()
         path = os.path.join(self.opt['path']['training_states'], f'{current_iter}.state')
         if current_iter == -1 or not extra or not os.path.isfile(path):
             return

@@ -9,7 +9,8 @@
 * the training step: ``zero_grad()`` then ``apply_losses(loss_dict, current_iter)``, which sums the
   scalar losses, refuses a non-finite total (``FloatingPointError`` naming each loss), back-propagates,
   steps every optimizer and sets ``log_dict`` (the losses and ``l_total``, reduced over processes);
-* validation: ``dist_validation`` runs ``nondist_validation`` on rank 0 only; ``record_validation``
+* validation: ``dist_validation`` runs ``nondist_validation`` on rank 0 only (the other ranks wait for it,
+  ``iqa_plugin.utils.dist.wait_for_rank0_validation``); ``record_validation``
   keeps BasicSR's best-metric bookkeeping (``better`` per metric: argument, else the option's
   ``val.metrics.<name>.better``, else 'higher'), logs one block and writes
   ``metrics/<dataset>/<name>`` TensorBoard scalars;
@@ -27,6 +28,8 @@ import torch
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info, master_only
+
+from iqa_plugin.utils.dist import wait_for_rank0_validation
 
 
 class MetricTrainModel(BaseModel):
@@ -76,6 +79,7 @@ class MetricTrainModel(BaseModel):
     def dist_validation(self, dataloader, current_iter, tb_logger, save_img=False):
         if get_dist_info()[0] == 0:
             self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
+        wait_for_rank0_validation(self.opt)  # the other ranks wait on a gloo barrier, not in NCCL
 
     def record_validation(self, dataset_name, current_iter, tb_logger, header, better=None):
         """Update the best value of every entry of ``self.metric_results`` and log them.

@@ -16,6 +16,13 @@ Validation follows HGGT's protocol: when the validation data has labelled candid
 training state, so a resumed run continues the same sequence of choices; the chosen-index histogram and the
 chosen candidates' mean score go to the log and TensorBoard (``gt_sampling/...``).
 
+Distributed training (docs/distributed.md): each rank's generator is seeded with ``seed + rank``, so the ranks
+draw different sequences. Every rank keeps a ``GTChoiceRecord`` (how often it chose each candidate index, and
+its last choices); at a checkpoint each rank's generator state and record are gathered to rank 0, which
+writes them into the training state as ``gt_sampling: {world_size, ranks: [one entry per rank]}``; on resume
+each rank restores its own entry. Resumed with another world size, ranks below the saved one restore the
+saved rank of the same index and the others start from ``seed + rank`` (a warning says so).
+
 All IQA features of ``IQAModelMixin`` (losses, validators, checkpoint selection) work unchanged.
 """
 import inspect
@@ -25,6 +32,7 @@ import torch
 from basicsr.models.esrgan_model import ESRGANModel
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import METRIC_REGISTRY, MODEL_REGISTRY
 
 from iqa_plugin import scoring
@@ -32,6 +40,7 @@ from iqa_plugin.data.multigt_layout import LABEL_POSITIVE
 from iqa_plugin.models.iqa_gan_model import IQARealESRGANModel
 from iqa_plugin.models.iqa_mixins import IQAModelMixin
 from iqa_plugin.models.selection import validator_metric
+from iqa_plugin.utils.dist import gather_to_rank0
 
 
 def is_full_reference(block):
@@ -60,6 +69,39 @@ def crop_candidates(data, size):
     return out
 
 
+class GTChoiceRecord:
+    """One rank's GT choices: how often each candidate index was chosen over the whole run (``counts``) and
+    the last ``keep`` choices (``recent_batch``: the number of the batch, from 1; ``recent_idx``: the index).
+    Saved per rank in the training state (tensors and ints: safe for ``torch.load(weights_only=True)``)."""
+
+    def __init__(self, keep=1024):
+        self.keep = int(keep)
+        self.batches = 0
+        self.counts = torch.zeros(0, dtype=torch.int64)
+        self.recent_batch = torch.zeros(0, dtype=torch.int64)
+        self.recent_idx = torch.zeros(0, dtype=torch.int64)
+
+    def add(self, idx, n):
+        """Record one batch's chosen indices ``idx`` (B,) among ``n`` candidates."""
+        idx = idx.detach().to('cpu', torch.int64).flatten()
+        self.batches += 1
+        if self.counts.numel() < n:
+            self.counts = torch.cat([self.counts, self.counts.new_zeros(n - self.counts.numel())])
+        self.counts += torch.bincount(idx, minlength=self.counts.numel())
+        self.recent_batch = torch.cat([self.recent_batch, torch.full_like(idx, self.batches)])[-self.keep:]
+        self.recent_idx = torch.cat([self.recent_idx, idx])[-self.keep:]
+
+    def state_dict(self):
+        return {'batches': self.batches, 'counts': self.counts.clone(), 'recent_batch': self.recent_batch.clone(),
+                'recent_idx': self.recent_idx.clone()}
+
+    def load_state_dict(self, state):
+        self.batches = int(state['batches'])
+        self.counts = state['counts'].to('cpu', torch.int64).clone()
+        self.recent_batch = state['recent_batch'].to('cpu', torch.int64).clone()
+        self.recent_idx = state['recent_idx'].to('cpu', torch.int64).clone()
+
+
 class MultiGTMixin:
     """GT selection among candidates for training, HGGT's multi-GT protocol for validation."""
 
@@ -68,14 +110,20 @@ class MultiGTMixin:
 
         super().init_training_settings()
         block = self.opt['train'].get('gt_sampling') or {'type': 'upos'}
-        self.gt_strategy = build_gt_strategy(dict(block), device=self.device)
-        get_root_logger().info(f'GT sampling: {block}')
+        rank, world_size = get_dist_info()
+        self.gt_strategy = build_gt_strategy(dict(block), device=self.device, rank=rank)
+        self.gt_record = GTChoiceRecord()
+        get_root_logger().info(f'GT sampling: {block}' + (f' (generator seed + rank on each of {world_size} ranks)'
+                                                          if world_size > 1 else ''))
 
     # ------------------------------------------------------------------ training
     def choose_gt(self, data):
         """The chosen candidate per sample, (B, 3, H, W) on the model's device."""
         candidates = data['gt_candidates']
-        idx = self.gt_strategy.choose(data).to(candidates.device)
+        idx = self.gt_strategy.choose(data)
+        if hasattr(self, 'gt_record'):
+            self.gt_record.add(idx, candidates.shape[1])
+        idx = idx.to(candidates.device)
         return candidates[torch.arange(candidates.shape[0], device=candidates.device), idx].to(self.device)
 
     def feed_data(self, data):
@@ -121,15 +169,38 @@ class MultiGTMixin:
 
     # ------------------------------------------------------------------ state
     def extra_training_state(self):
+        """Adds ``gt_sampling: {world_size, ranks: [{strategy, record} per rank]}``; a collective in DDP (every
+        rank's entry is gathered to rank 0, the writer)."""
         state = super().extra_training_state()
         if hasattr(self, 'gt_strategy'):
-            state['gt_sampling'] = self.gt_strategy.state_dict()
+            mine = {'strategy': self.gt_strategy.state_dict(), 'record': self.gt_record.state_dict()}
+            ranks = gather_to_rank0(mine)
+            if ranks is not None:
+                state['gt_sampling'] = {'world_size': len(ranks), 'ranks': ranks}
+                get_root_logger().info('GT choices so far (count per candidate index): ' + '; '.join(
+                    f"rank {r}: {e['record']['counts'].tolist()}" for r, e in enumerate(ranks)))
         return state
 
     def load_extra_training_state(self, state):
         super().load_extra_training_state(state)
-        if hasattr(self, 'gt_strategy') and state.get('gt_sampling') is not None:
-            self.gt_strategy.load_state_dict(state['gt_sampling'])
+        saved = state.get('gt_sampling')
+        if not hasattr(self, 'gt_strategy') or saved is None:
+            return
+        if 'ranks' not in saved:  # a state written before the per-rank format: one rank's strategy state
+            saved = {'world_size': 1, 'ranks': [{'strategy': saved}]}
+        rank, world_size = get_dist_info()
+        if saved['world_size'] != world_size and rank == 0:
+            get_root_logger().warning(
+                f"GT sampling: the training state holds {saved['world_size']} ranks' generators, this run has "
+                f"{world_size} ranks: ranks below {min(saved['world_size'], world_size)} continue the saved rank "
+                f"of the same index, the others start from seed + rank (the sequence differs from an "
+                f"uninterrupted run)")
+        if rank >= len(saved['ranks']):
+            return
+        entry = saved['ranks'][rank]
+        self.gt_strategy.load_state_dict(entry['strategy'])
+        if entry.get('record') is not None:
+            self.gt_record.load_state_dict(entry['record'])
 
 
 @MODEL_REGISTRY.register()

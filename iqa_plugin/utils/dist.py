@@ -6,7 +6,13 @@ BasicSR's ``--launcher pytorch`` path assumes CUDA: ``_init_dist_pytorch`` calls
 DistributedDataParallel. When CUDA is not available, ``enable_cpu_distributed`` swaps in
 versions that use the gloo backend and a CPU DDP; with GPUs BasicSR's own code (nccl) runs
 unchanged.
+
+It also holds the plugin's few collectives for DDP runs (docs/distributed.md): ``gather_to_rank0`` (one
+object per rank, collected on rank 0 for the one writer) and ``wait_for_rank0_validation`` (the other
+ranks wait for rank 0's validation on a gloo group with a long timeout, not in an NCCL collective).
 """
+import atexit
+import datetime
 import os
 
 import torch
@@ -14,6 +20,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 _enabled = False
+_wait_groups = {}  # timeout in minutes -> the gloo group of wait_for_rank0_validation
+
+# How long the other ranks wait for rank 0's validation (``val.dist_timeout_minutes``); far above NCCL's
+# 10 minutes: a validator on a large set may run longer, and torchrun ends the others if rank 0 dies.
+DEFAULT_VAL_TIMEOUT_MINUTES = 24 * 60
 
 # The BasicSR releases whose functions these patches replace (this is the one module that patches BasicSR;
 # the torchvision alias in ``iqa_plugin.compat`` patches torchvision's module name, not BasicSR).
@@ -130,3 +141,57 @@ def enable_cpu_distributed():
         options.init_dist = init_dist_cpu_aware  # parse_options calls the name imported there
         BaseModel.model_to_device = _model_to_device_cpu_aware
     _enabled = True
+
+
+def distributed():
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather_to_rank0(obj):
+    """Every rank's ``obj`` (picklable), in rank order, on rank 0; None on the other ranks.
+
+    A collective: every rank must call it at the same point. ``[obj]`` outside a process group."""
+    if not distributed():
+        return [obj]
+    rank = dist.get_rank()
+    out = [None] * dist.get_world_size() if rank == 0 else None
+    dist.gather_object(obj, out, dst=0)  # NCCL: through torch.cuda.current_device(), which BasicSR sets
+    return out
+
+
+def validation_timeout_minutes(opt):
+    """``val.dist_timeout_minutes`` (default ``DEFAULT_VAL_TIMEOUT_MINUTES``); ValueError when not > 0."""
+    value = (opt.get('val') or {}).get('dist_timeout_minutes', DEFAULT_VAL_TIMEOUT_MINUTES)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float('inf'):
+        raise ValueError(f'val.dist_timeout_minutes must be a finite number of minutes > 0, got {value!r}')
+    return value
+
+
+def wait_for_rank0_validation(opt):
+    """After a validation (BasicSR validates on rank 0 only): every rank waits here until rank 0 is done.
+
+    Without it the other ranks run on into the next iteration and wait inside DDP's gradient all-reduce,
+    which NCCL aborts after its default 10 minutes (``init_process_group``'s timeout, which BasicSR's
+    ``--launcher pytorch`` leaves at the default). This barrier runs on a separate gloo group whose
+    timeout is ``val.dist_timeout_minutes`` (default 24 h), so no NCCL collective is pending meanwhile.
+    A collective: every rank calls it after every validation. A no-op outside a process group."""
+    if not distributed():
+        return
+    minutes = validation_timeout_minutes(opt)
+    group = _wait_groups.get(minutes)
+    if group is None:  # created by every rank at the same point (the first validation)
+        group = _wait_groups[minutes] = dist.new_group(backend='gloo',
+                                                       timeout=datetime.timedelta(minutes=minutes))
+        if len(_wait_groups) == 1:
+            atexit.register(_destroy_wait_groups)
+    dist.barrier(group=group)
+
+
+def _destroy_wait_groups():
+    """At exit, before the interpreter's teardown: a gloo group still alive then may abort the process
+    ('terminate called without an active exception', measured 1 exit in 6 on 2 CPU processes)."""
+    if dist.is_initialized():  # destroying the default group destroys ours with it
+        for group in _wait_groups.values():
+            dist.destroy_process_group(group)
+    _wait_groups.clear()

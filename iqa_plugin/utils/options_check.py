@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from iqa_plugin.utils.dist import validation_timeout_minutes
 from iqa_plugin.utils.option_base import OptionBaseError, load_with_bases
 
 # keys every metric block may carry for BasicSR itself
@@ -514,6 +515,10 @@ def check_options(opt, is_train=True, resolve_weights=True):
         raise OptionError('val.metrics must map metric names to metric blocks')
     for name, block in metrics.items():
         check_metric_block(block, f'val.metrics.{name}', ctx)
+    try:
+        validation_timeout_minutes(opt)
+    except ValueError as e:
+        raise OptionError(str(e)) from e
     if is_train:
         check_select_by(val, ctx)
         check_axis_report(val, ctx)
