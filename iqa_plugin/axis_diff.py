@@ -367,7 +367,7 @@ def stack(images, pad=8):
 def write_png(path, rgb):
     """Write an (H, W, 3) uint8 RGB array as PNG atomically (a temporary file, then a rename)."""
     cv2 = _cv2()
-    ok, buf = cv2.imencode('.png', np.ascontiguousarray(rgb[:, :, ::-1]))
+    ok, buf = cv2.imencode('.png', np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise ValueError(f'cannot encode {path} as PNG')
     path = os.fspath(path)

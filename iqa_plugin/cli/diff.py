@@ -394,7 +394,8 @@ def main(args, rest=()):
                      read_image(pr) if pr is not None else None, diff_figure)
         summary = diff.summary()
         text = sentence(summary)
-        staging.write('axes.png', bar_chart(summary, title=f'B relative to A: mean over {summary["images"]} images'))
+        who = f' (A {Path(args.nets[0]).stem}, B {Path(args.nets[1]).stem})' if args.nets else ''
+        staging.write('axes.png', bar_chart(summary, title=f'B relative to A{who}: mean over {summary["images"]} images'))
         result = {**names, **summary, 'sentence': text}
         staging.write_json('summary.json', result)
         written = staging.commit()
