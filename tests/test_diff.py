@@ -365,6 +365,31 @@ def test_axis_report_in_training_log_and_tensorboard(tmp_path, tiny_sr, against)
         assert len(files) == 4 and not list((exp / 'axis_report').rglob('*.tmp*'))
 
 
+def test_axis_report_under_ddp_reports_once_on_rank_0(tmp_path, tiny_sr):
+    """Two processes (gloo on the CPU): the run ends (rank 1 waits while rank 0 validates and reports), rank 0's log
+    has the reports, TensorBoard the scalars, and the reference outputs are on disk (max_memory_mb: 0)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    opt = write_tiny_options(tmp_path / 'ddp.yml', tiny_sr, name='ddp_axis', iters=4, val_freq=2, tb='true',
+                             extra_val='  axis_report: {against: previous, max_memory_mb: 0}')
+    torchrun = Path(sys.executable).parent / 'torchrun'
+    r = subprocess.run([str(torchrun), '--nproc_per_node=2', f'--master_port={port}', '--master_addr=127.0.0.1',
+                        '-m', 'iqa_plugin.train', '-opt', str(opt), '--launcher', 'pytorch'], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    exp = tmp_path / 'experiments' / 'ddp_axis'
+    log = '\n'.join(p.read_text() for p in exp.glob('train_*.log'))
+    assert log.count('Axis report tiny_val') == 2 and 'iter 4 ' in log
+    assert len(list((exp / 'axis_report').rglob('*.npy'))) == 4  # one reference: 4 validation images
+    assert [e.step for e in _events(tmp_path / 'tb_logger' / 'ddp_axis').Scalars('axes/noise')] == [4]
+
+
 def test_axis_report_scalars_follow_the_outputs():
     """The report compares the stored reference with the current outputs: unchanged outputs give exactly 0,
     darker outputs a negative brightness (the library hook without a training loop)."""

@@ -212,11 +212,12 @@ class AxisReport:
                     tb_logger.add_scalar(f'{prefix}/{axis}', summary['axes'][axis], current_iter)
                 ref, cur, maps = rep.figure
                 item = rep.diff.images[0]
-                moved = [a for a, _ in rep.diff.moved(item)] or \
-                    [AXES[k] for k in np.argsort(-np.abs(item.means))[:2]]
+                moved = [a for a, _ in rep.diff.moved(item)]
+                note = '' if moved else ': no axis above its noise floor, the two largest shown'
+                moved = moved or [AXES[k] for k in np.argsort(-np.abs(item.means))[:2]]
                 fig = stack([bar_chart(summary, title=f'{dataset}: {now} relative to {then}, mean over '
                                                       f'{summary["images"]} images'),
-                             diff_figure(ref, cur, maps, moved, title=f'first image ({item.name})',
+                             diff_figure(ref, cur, maps, moved, title=f'first image ({item.name}){note}',
                                          labels=(then, now))])
                 tb_logger.add_image(f'{prefix}/report', fig, current_iter, dataformats='HWC')
         if promote:
