@@ -207,6 +207,7 @@ def _bad_inputs(root, photo_sets):
         'nets and paths': ([a, a, '--nets', 'x.pth', 'y.pth'], 'not both'),
         'nets without opt': (['--nets', a / 'chelsea.png', a / 'coffee.png'], 'needs -opt'),
         'opt without nets': ([a, a, '-opt', 'x.yml'], 'options of --nets'),
+        'no such device': ([a, photo_sets / 'blur', '--device', 'cuda:99'], '--device cuda:99'),
     }
 
 
@@ -319,6 +320,14 @@ def test_nets_compares_two_checkpoints_and_a_lora_adapter(capsys, tmp_path):
     assert code == 2 and 'trained on another base' in err and len(err.strip().splitlines()) == 1
     code, out, err = cli(capsys, 'diff', '--nets', net0, net1, '-opt', opt, '--val', 'nope')
     assert code == 2 and "no validation set named 'nope'" in err
+    bad = tmp_path / 'bad.yml'
+    for old, new, message in (('type: MSRResNet', 'type: NoSuchNet', "unknown network type 'NoSuchNet'"),
+                              ('num_block: 1', 'num_block: 1, no_such_arg: 2', 'no_such_arg'),
+                              ('num_feat: 8', 'num_feat: 16', 'does not match MSRResNet')):
+        bad.write_text(opt.read_text().replace(old, new))
+        code, out, err = cli(capsys, 'diff', '--nets', net0, net1, '-opt', bad, '--out', tmp_path / 'never')
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (old, err)
+        assert not (tmp_path / 'never').exists()
 
 
 # ------------------------------------------------------------------------------------------ val.axis_report

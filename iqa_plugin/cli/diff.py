@@ -200,7 +200,10 @@ def val_pairs(opt_path, val_name=None):
     cls = lookup(DATASET_REGISTRY, dopt.get('type'))
     if cls is None:
         raise UsageError(f"datasets.{key}: unknown dataset type '{dopt.get('type')}'")
-    dataset = cls(dopt)
+    try:
+        dataset = cls(dopt)
+    except (AssertionError, KeyError, ValueError, TypeError) as e:  # BasicSR checks its folders with assert
+        raise UsageError(f"datasets.{key}: cannot build {dopt.get('type')}: {' '.join(str(e).split()) or type(e).__name__}")
     out = []
     for i in range(len(dataset)):
         item = dataset[i]
@@ -210,6 +213,21 @@ def val_pairs(opt_path, val_name=None):
     if not out:
         raise UsageError(f'the validation set {dopt.get("name", key)} of {opt_path} is empty')
     return out, dopt.get('name', key)
+
+
+def _build(network_opt, where):
+    """The network of a ``network_g`` block; UsageError (one line) for an unknown type or wrong arguments."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    from iqa_plugin.models import lora
+    from iqa_plugin.utils.options_check import lookup
+
+    if lookup(ARCH_REGISTRY, network_opt.get('type')) is None:
+        raise UsageError(f"{where}: unknown network type '{network_opt.get('type')}'")
+    try:
+        return lora.build_network_cpu(network_opt)
+    except TypeError as e:
+        raise UsageError(f'{where}: {e}') from e
 
 
 def load_net(path, opt_path, device='cpu'):
@@ -234,17 +252,17 @@ def load_net(path, opt_path, device='cpu'):
             if not base_path or not Path(base_path).is_file():
                 raise UsageError(f'{path} is a LoRA adapter whose recorded base net_g is not found: {base_path}')
             base = lora.base_params(lora.read_weights(base_path), meta.get('base_param_key') or 'params', base_path)
-            net = lora.build_network_cpu(meta['network_g'])
+            net = _build(meta['network_g'], f'network_g recorded in {path}')
             lora.load_base(net, base, base_path)
             lora.apply_adapter(net, obj, lora.base_state_dict(net), path)
             merged = lora.merged_state_dict(net)
-            net = lora.build_network_cpu(meta['network_g'])
+            net = _build(meta['network_g'], f'network_g recorded in {path}')
             net.load_state_dict(merged, strict=True)
             how = f'LoRA adapter (rank {meta["rank"]}) on {base_path}'
         else:
             key = (opt.get('path') or {}).get('param_key_g') or ('params_ema' if 'params_ema' in obj else 'params')
             state = lora.base_params(obj, key, path)
-            net = lora.build_network_cpu(opt['network_g'])
+            net = _build(opt['network_g'], f'network_g of {opt_path}')
             lora.load_base(net, state, path)
             how = f'{key if key in obj else "params"} of {opt["network_g"]["type"]}'
     except lora.LoRAError as e:
@@ -352,8 +370,9 @@ def main(args, rest=()):
     import torch
 
     from iqa_plugin.axis_diff import AxisDiff, bar_chart, diff_figure, relational_scorer, sentence
+    from iqa_plugin.cli.common import check_device
 
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    device = check_device(args.device) or ('cuda' if torch.cuda.is_available() else 'cpu')
     if args.nets:
         for p in args.nets:
             if not Path(p).is_file():
