@@ -45,10 +45,12 @@ echo "gpu_check: python $PY ($( [ -x "$VENV/bin/python" ] && echo "the venv $VEN
 export PYTHONPATH=$(pwd)${PYTHONPATH:+:$PYTHONPATH}
 # nothing is downloaded: weights come from the package or ../shared; pyiqa/HF hubs stay offline
 export IQA_PLUGIN_OFFLINE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
-if [ -z "${IQA_PLUGIN_WEIGHTS_DIR:-}" ] && [ -f ../shared/weights/milo/MILO.pth ]; then
-    export IQA_PLUGIN_WEIGHTS_DIR=$(cd ../shared/weights/milo && pwd)
-fi
-MILO_NOTE="official MILO weights: ${IQA_PLUGIN_WEIGHTS_DIR:-not set (IQA_PLUGIN_WEIGHTS_DIR; ../shared/weights/milo absent)}"
+for d in ../shared/weights/milo shared/weights/milo; do
+    if [ -z "${IQA_PLUGIN_WEIGHTS_DIR:-}" ] && [ -f "$d/MILO.pth" ]; then
+        export IQA_PLUGIN_WEIGHTS_DIR=$(cd "$d" && pwd)
+    fi
+done
+MILO_NOTE="official MILO weights: ${IQA_PLUGIN_WEIGHTS_DIR:-not set (IQA_PLUGIN_WEIGHTS_DIR; no MILO.pth in ../shared/weights/milo or shared/weights/milo)}"
 CLI="$PY -m iqa_plugin.cli"
 
 # ----------------------------------------------------------------------------------------- the steps
