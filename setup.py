@@ -22,9 +22,9 @@ setup(
     include_package_data=False,
     install_requires=[
         'basicsr==1.4.2',
-        'torch>=2.0',
-        'torchvision',
-        'pyiqa>=0.1.13',
+        'torch>=2.5',  # torch.serialization.safe_globals (utils/dist.py) is 2.5's; torch.compiler.is_compiling 2.3's
+        'torchvision>=0.20',  # the release of torch 2.5
+        'pyiqa==0.1.16',  # the release tested: iqa_plugin.pyiqa_offline replaces names inside its arch modules
         'lpips',
         'timm',
         'tensorboard',

@@ -17,9 +17,9 @@ Ground truths (``load_gt_set``):
   An image set without labels is single-GT against ``original/``.
 
 Metrics (``METRIC_NAMES``): ``psnr`` / ``ssim`` are BasicSR's ``calculate_psnr`` / ``calculate_ssim`` on
-uint8 RGB with ``crop_border`` 4 (HGGT's setting); ``lpips`` is LPIPS v0.1 AlexNet with inputs in [-1, 1] and
-``dists`` DISTS, both pyiqa's networks with their published weights, which are never downloaded here;
-every other name is a row of the scoring table (``iqa_plugin.scoring``), built with ``get_cached_metric``.
+uint8 RGB with ``crop_border`` 4 (HGGT's setting); every other name is a row of the scoring table
+(``iqa_plugin.scoring``), built with ``get_cached_metric`` (``lpips``, LPIPS v0.1 AlexNet, and ``dists``, DISTS,
+are rows too: pyiqa's networks with their published files, which are never downloaded here).
 A metric whose weights are not on this machine is skipped, named in ``skipped`` with the reason, and its
 cells read ``skipped`` (never a number). No-reference metrics also score the GTs themselves: the
 ``Gold Standard`` row (the effective positives, averaged per image as above).
@@ -33,10 +33,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iqa_plugin.scoring import METRICS
+
 GOLD = 'Gold Standard'
 CROP_BORDER = 4
 BASICSR_FR = {'psnr': 'calculate_psnr', 'ssim': 'calculate_ssim'}
-PYIQA_FR = ('lpips', 'dists')
+PYIQA_FR = tuple(n for n, s in METRICS.items() if s.kind == 'fr' and s.pyiqa and s.files)  # ('lpips', 'dists')
 DEFAULT_METRICS = ('psnr', 'ssim', 'lpips', 'dists', 'milo', 'afine', 'relational', 'musiq', 'nima', 'qalign',
                    'topiq_nr', 'nr-lite')
 SKIPPED = 'skipped'
@@ -177,78 +179,18 @@ def _basicsr_fr(name):
     return fn
 
 
-_TORCHVISION = {'lpips': ('alexnet', 'https://download.pytorch.org/models/alexnet-owt-7be5be79.pth'),
-                'dists': ('vgg16', 'https://download.pytorch.org/models/vgg16-397923af.pth')}
-
-
 def _pyiqa_fr_files(name):
-    """The WeightFile list of pyiqa's LPIPS-Alex v0.1 / DISTS: the calibration file and the torchvision backbone."""
-    from iqa_plugin.nriqa import WeightFile
+    """The ``WeightFile`` list of table row ``lpips`` / ``dists``: the calibration file and the torchvision backbone."""
+    from iqa_plugin.nriqa import metric_info
 
-    if name == 'lpips':
-        from pyiqa.archs.lpips_arch import default_model_urls
-        url = default_model_urls['0.1_alex']
-    else:
-        from pyiqa.archs.dists_arch import default_model_urls
-        url = default_model_urls['url']
-    return [WeightFile(url, 'pyiqa'), WeightFile(_TORCHVISION[name][1], 'checkpoints')]
+    return list(metric_info(name).files())
 
 
 def pyiqa_fr_available(name):
-    """(True, '') when pyiqa's ``lpips`` / ``dists`` files are on this machine, else (False, reason); no download."""
-    from iqa_plugin import weights as wm
+    """(True, '') when the files of ``lpips`` / ``dists`` are on this machine, else (False, reason); no download."""
+    from iqa_plugin import scoring
 
-    try:
-        files = _pyiqa_fr_files(name)
-    except ImportError as e:
-        return False, f'pyiqa is not installed ({e})'
-    for wf in files:
-        searched = wf.search_paths()
-        if wm.first_file(searched) is None:
-            return False, ' '.join(wm.missing_message(f"weights for '{name}'", wf.filename, wf.url, searched,
-                                                      'locally').split())
-    return True, ''
-
-
-def _pyiqa_fr(name, device):
-    """pyiqa's LPIPS (AlexNet, v0.1; inputs mapped to [-1, 1]) or DISTS, loaded from local files only."""
-    import torch
-    import torchvision
-
-    from iqa_plugin import weights as wm
-    from iqa_plugin.nriqa import patched_attribute, read_weights
-
-    calib, backbone_file = [wm.first_file(wf.search_paths()) for wf in _pyiqa_fr_files(name)]
-    arch, _ = _TORCHVISION[name]
-    backbone = getattr(torchvision.models, arch)(weights=None)
-    sd = torch.load(backbone_file, map_location='cpu', weights_only=True)
-    backbone.features.load_state_dict({k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')})
-    with patched_attribute(torchvision.models, arch, lambda *a, **k: backbone):  # the only features these nets use
-        if name == 'lpips':
-            from pyiqa.archs.lpips_arch import LPIPS
-            net = LPIPS(pretrained=False, net='alex', version='0.1')
-        else:
-            from pyiqa.archs.dists_arch import DISTS
-            net = DISTS(pretrained=False)
-    sd = read_weights(calib)
-    # the calibrated tensors: LPIPS' linear heads lin0..lin4 (``lins`` shares them), DISTS' alpha and beta
-    calibrated = [k for k in net.state_dict() if (k[:3] == 'lin' and k[3:4].isdigit()) or k in ('alpha', 'beta')]
-    missing = [k for k in calibrated if k not in sd]
-    if missing:
-        raise wm.WeightsError(f'weights file {calib} lacks {missing[0]} of {name}; wrong file?')
-    net.load_state_dict({k: sd[k] for k in calibrated}, strict=False)
-    net = net.to(device).eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-
-    def fn(dist, ref):
-        with torch.inference_mode():
-            if name == 'lpips':
-                out = net(dist * 2 - 1, ref * 2 - 1, normalize=False)
-            else:
-                out = net(dist, ref)
-        return out.reshape(-1).float().cpu().tolist()
-    return fn
+    return scoring.available_offline(name)
 
 
 def _table(name, device):
@@ -270,17 +212,11 @@ def build_metrics(names, device):
     """([Metric], {name: why skipped}) for ``names``; unknown names raise EvaluateError."""
     from iqa_plugin import scoring
 
-    known = sorted(set(BASICSR_FR) | set(PYIQA_FR) | set(scoring.METRICS))
+    known = sorted(set(BASICSR_FR) | set(scoring.METRICS))
     metrics, skipped = [], {}
     for name in names:
         if name in BASICSR_FR:
             metrics.append(Metric(name, 'fr', False, _basicsr_fr(name)))
-        elif name in PYIQA_FR:
-            ok, why = pyiqa_fr_available(name)
-            if ok:
-                metrics.append(Metric(name, 'fr', True, _pyiqa_fr(name, device)))
-            else:
-                skipped[name] = why
         elif name in scoring.METRICS:
             spec = scoring.get_spec(name)
             ok, why = scoring.available_offline(name)

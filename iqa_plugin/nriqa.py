@@ -1,30 +1,37 @@
-"""No-reference IQA metrics from pyiqa, built without pyiqa's downloads, and batched scoring.
+"""pyiqa's metrics built through pyiqa's own API without pyiqa's downloads, and batched scoring.
 
-``build_pyiqa_scorer(device, metric_name, ...)`` is the scoring-table factory for the pyiqa
-metrics (``musiq``, ``nima``, ``topiq_nr``, ``qalign``, ``liqe``, ``paq2piq``, ``arniqa``,
-``clipiqa``, ``niqe``, ``brisque``). It builds the pyiqa network structure with random
-weights and with every backbone download switched off (``pretrained=False`` stops there),
-then, for ``pretrained=True``, loads the metric's published weights itself:
+``build_pyiqa_scorer(device, metric_name, ...)`` is the scoring-table factory of every row with
+``pyiqa=True`` (``iqa_plugin.scoring.METRICS``): the no-reference ``musiq``, ``nima``, ``topiq_nr``,
+``qalign``, ``liqe``, ``paq2piq``, ``arniqa``, ``clipiqa``, ``niqe``, ``brisque`` and the full-reference
+``lpips``, ``dists`` and the weight-free members of the pseudo-MOS ensemble. It builds each with
+``pyiqa.create_metric(name, pretrained_model_path=..., as_loss=...)`` from files resolved here, never by
+pyiqa: where a constructor would download something else (a backbone, CLIP, ARNIQA's two files),
+``iqa_plugin.pyiqa_offline`` gives it the local file or random weights instead. For ``pretrained=True``
+the metric's published files (the row's ``files``) are taken
 
-* from ``weights_path`` when given (a state dict of ``scorer.net``, optionally under
-  ``'params'``; see ``WEIGHTS_PATH_FORMAT`` for the per-metric format), else
+* from ``weights_path`` when given (see ``WEIGHTS_PATH_FORMAT`` for the per-metric format), else
 * from the file pyiqa would use, found in ``$IQA_PLUGIN_WEIGHTS_DIR`` or in pyiqa's cache
-  (``$TORCH_HOME/hub/pyiqa``; CLIP files in ``$TORCH_HOME/hub/clip``, ARNIQA's encoder in
-  ``$TORCH_HOME/hub/checkpoints``), else
+  (``$TORCH_HOME/hub/pyiqa``; CLIP files in ``$TORCH_HOME/hub/clip``, torchvision's and ARNIQA's encoder in
+  ``$TORCH_HOME/hub/checkpoints``; LPIPS's calibration also from the ``lpips`` package), else
 * downloaded into that cache (unless ``IQA_PLUGIN_OFFLINE=1``); when that is impossible the
   error is one line naming the file, the path where it is expected and its URL.
 
-Files are read with ``torch.load(weights_only=True)`` (``iqa_plugin.weights.load_state_dict``),
-TorchScript archives with ``iqa_plugin.torchscript_tensors`` and MATLAB files with scipy:
-no pickled code runs. A file that cannot be read or does not fit the network (missing tensors,
-wrong shapes) raises ``WeightsError`` naming it; nothing falls back to random weights. (pyiqa
-publishes no hashes: the hex suffix in some of its file names is not verified by pyiqa either,
-so it is not treated as a checksum here.)
+``pretrained=False`` keeps pyiqa's random initialisation (NIQE a placeholder pristine model, BRISQUE
+random support vectors): structure only, for tests.
+
+Every file is first read with ``torch.load(weights_only=True)`` (``iqa_plugin.weights.load_state_dict``),
+TorchScript archives with ``iqa_plugin.torchscript_tensors`` and MATLAB files with scipy, so no pickled code
+runs even where pyiqa then loads the same file with ``weights_only=False``; a file in another layout than
+pyiqa's loader expects (a state dict under ``params``, or bare) is handed to it rewritten. A file that cannot
+be read or does not fit the network (missing tensors, wrong shapes) raises ``WeightsError`` naming it;
+nothing falls back to random weights. (pyiqa publishes no hashes: the hex suffix in some of its file names
+is not verified by pyiqa either, so it is not treated as a checksum here.)
 
 Scorer contract (see ``iqa_plugin.scoring``): ``forward(dist, ref=None)`` takes (B, 3, H, W)
 RGB in [0, 1] and returns ``{metric_name: (B,) scores}`` in the metric's own scale and
 direction (``lower_better``); ``normalize(scores)`` maps them to quality in ~[0, 1],
-higher = better, using the metric's ``score_range``.
+higher = better, using the metric's ``score_range``. The scorer runs the network pyiqa built (what
+``InferenceModel.forward`` calls after its input checks) so that gradients reach the image when asked.
 
 ``score_candidates(metric, candidates)`` scores (B, N, 3, H, W) candidate images in one
 no-grad batched pass and returns (B, N) scores oriented higher = better.
@@ -33,9 +40,10 @@ Precision: the networks score in float32 outside autocast (``scoring.float32_sco
 a GT choice does not depend on the device or on a training step's autocast.
 """
 import contextlib
+import importlib.util
 import os
-import threading
-import types
+import sys
+import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +52,12 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from iqa_plugin import pyiqa_offline
 from iqa_plugin import weights as wm
-from iqa_plugin.scoring import as_float32, float32_scoring, freeze, get_cached_metric
+from iqa_plugin.pyiqa_offline import patched_attribute  # noqa: F401  (public name, used by tests and scripts)
+from iqa_plugin.scoring import METRICS, as_float32, float32_scoring, freeze, get_cached_metric, normalise_score
 from iqa_plugin.torchscript_tensors import is_torchscript_archive, read_torchscript_tensors
-from iqa_plugin.utils.image import prepare_image
+from iqa_plugin.utils.image import prepare_image, prepare_pair
 
 # --------------------------------------------------------------------------------------------
 # weight files
@@ -56,9 +66,13 @@ from iqa_plugin.utils.image import prepare_image
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One published file a metric needs: where pyiqa (or torch.hub / CLIP) caches it."""
+    """One published file a metric needs: where pyiqa (or torch.hub / CLIP) caches it.
+
+    ``fallback`` (``'package:relative/path'``) names a copy an installed package ships, looked at after
+    the other places (LPIPS's calibration in the ``lpips`` package)."""
     url: str
     subdir: str = 'pyiqa'  # folder under the torch hub folder (iqa_plugin.weights.torch_hub_dir)
+    fallback: str = ''
 
     @property
     def filename(self):
@@ -69,8 +83,14 @@ class WeightFile:
         return wm.torch_hub_dir() / self.subdir / self.filename
 
     def search_paths(self):
-        """Where it is looked for, in order: ``$IQA_PLUGIN_WEIGHTS_DIR``, then pyiqa's cache."""
-        return wm.search_paths(self.filename, self.expected_path().parent)
+        """Where it is looked for, in order: ``$IQA_PLUGIN_WEIGHTS_DIR``, pyiqa's cache, then ``fallback``."""
+        paths = wm.search_paths(self.filename, self.expected_path().parent)
+        if self.fallback:
+            package, relative = self.fallback.split(':', 1)
+            spec = importlib.util.find_spec(package)
+            if spec is not None and spec.origin:
+                paths.append(Path(spec.origin).parent / relative)
+        return paths
 
 
 _MISSING_HINT = 'pretrained=False builds the network with random weights'
@@ -109,6 +129,24 @@ def locate_files(metric_name):
     return found, missing
 
 
+def _read_raw(path):
+    """A weights file as stored, read without running pickled code: TorchScript archives with
+    ``read_torchscript_tensors``, everything else with ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'weights file not found: {path}')
+    if is_torchscript_archive(path):
+        try:
+            return read_torchscript_tensors(path)
+        except ValueError as e:
+            raise wm.WeightsError(str(e)) from e
+    return wm.load_state_dict(path)
+
+
+def _unwrap(raw, path):
+    return wm.unwrap_state_dict(raw, path, wrappers=('params', 'state_dict'))[0] if isinstance(raw, dict) else raw
+
+
 def read_weights(path):
     """A weights file as a flat dict of tensors (or whatever a weights-only load gives).
 
@@ -116,19 +154,7 @@ def read_weights(path):
     ``torch.load(weights_only=True)``. A top-level ``'params'`` or ``'state_dict'`` entry is
     unwrapped and a ``'module.'`` prefix (DataParallel) removed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'weights file not found: {path}')
-    if is_torchscript_archive(path):
-        try:
-            sd = read_torchscript_tensors(path)
-        except ValueError as e:
-            raise wm.WeightsError(str(e)) from e
-    else:
-        sd = wm.load_state_dict(path)
-    if isinstance(sd, dict):
-        sd, _ = wm.unwrap_state_dict(sd, path, wrappers=('params', 'state_dict'))
-    return sd
+    return _unwrap(_read_raw(path), path)
 
 
 def load_into(module, sd, path, strip_prefix=''):
@@ -155,350 +181,57 @@ def load_into(module, sd, path, strip_prefix=''):
 
 
 # --------------------------------------------------------------------------------------------
-# network builders (random weights, no downloads)
-# --------------------------------------------------------------------------------------------
-
-_build_lock = threading.Lock()  # the builders patch module attributes of pyiqa for a moment
-
-
-@contextlib.contextmanager
-def patched_attribute(module, name, value):
-    """Within the block, ``module.name`` is ``value`` (how pyiqa's constructors are kept from downloading)."""
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
-
-class _TimmNoDownload:
-    """Stand-in for the ``timm`` module inside a pyiqa arch: ``create_model`` never downloads."""
-
-    def __getattr__(self, name):
-        import timm
-        return getattr(timm, name)
-
-    @staticmethod
-    def create_model(*args, **kwargs):
-        import timm
-        kwargs['pretrained'] = False
-        return timm.create_model(*args, **kwargs)
-
-
-def _torchvision_no_download():
-    import torchvision
-    models = types.SimpleNamespace(
-        resnet18=lambda *a, **k: torchvision.models.resnet18(weights=None),
-        resnet50=lambda *a, **k: torchvision.models.resnet50(weights=None),
-        ResNet50_Weights=torchvision.models.ResNet50_Weights)
-    return types.SimpleNamespace(models=models)
-
-
-def _import_clip():
-    """Import the ``clip`` package (openai-clip), which pyiqa's CLIP metrics need.
-
-    openai-clip does ``from pkg_resources import packaging``; setuptools >= 81 no longer ships
-    ``pkg_resources``. Where it is missing, a stand-in exposing only ``packaging`` is put in
-    ``sys.modules`` for the duration of the import and removed afterwards.
-    """
-    import importlib
-    import sys
-    if 'clip' in sys.modules:
-        return sys.modules['clip']
-    try:
-        importlib.import_module('pkg_resources')
-        return importlib.import_module('clip')
-    except ModuleNotFoundError as e:
-        if e.name != 'pkg_resources':
-            raise
-    import packaging.version
-    shim = types.ModuleType('pkg_resources')
-    shim.packaging = packaging
-    sys.modules['pkg_resources'] = shim
-    try:
-        return importlib.import_module('clip')
-    finally:
-        if sys.modules.get('pkg_resources') is shim:
-            del sys.modules['pkg_resources']
-
-
-def _random_clip(backbone):
-    """OpenAI CLIP structure (pyiqa's copy) with random weights, float32."""
-    _import_clip()
-    from pyiqa.archs.clip_model import CLIP
-    text = dict(context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
-                transformer_layers=12)
-    if backbone == 'RN50':
-        model = CLIP(1024, 224, (3, 4, 6, 3), 64, None, **text)
-    elif backbone == 'ViT-B/32':
-        model = CLIP(512, 224, 12, 768, 32, **text)
-    else:
-        raise ValueError(f"no offline CLIP structure for backbone '{backbone}' (known: RN50, ViT-B/32)")
-    return model.float().eval()
-
-
-def _clip_file(backbone):
-    from pyiqa.archs.clip_model import _MODELS
-    return WeightFile(_MODELS[backbone], 'clip')
-
-
-def _new(cls):
-    """An instance of pyiqa's ``cls`` whose ``__init__`` (which downloads) is not run."""
-    obj = cls.__new__(cls)
-    nn.Module.__init__(obj)
-    return obj
-
-
-def _build_musiq():
-    from pyiqa.archs.musiq_arch import MUSIQ
-    return MUSIQ(pretrained=False, num_class=1)  # koniq10k head: one score
-
-
-def _build_nima():
-    from pyiqa.archs import nima_arch
-    with patched_attribute(nima_arch, 'timm', _TimmNoDownload()):
-        return nima_arch.NIMA(base_model_name='inception_resnet_v2', train_dataset='ava', num_classes=10,
-                              pretrained=False)
-
-
-def _build_topiq_nr():
-    from pyiqa.archs.topiq_arch import CFANet
-    return CFANet(semantic_model_name='resnet50', model_name='cfanet_nr_koniq_res50', use_ref=False,
-                  backbone_pretrain=False, pretrained=False)
-
-
-def _build_paq2piq():
-    from pyiqa.archs import paq2piq_arch
-    with patched_attribute(paq2piq_arch, 'tv', _torchvision_no_download()):
-        return paq2piq_arch.PAQ2PIQ(pretrained=False)
-
-
-def _build_arniqa():
-    import torchvision
-    from pyiqa.archs.arniqa_arch import ARNIQA
-    from pyiqa.archs.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    net = _new(ARNIQA)
-    net.regressor_dataset = 'koniq'
-    encoder = torchvision.models.resnet50(weights=None)
-    net.feat_dim = encoder.fc.in_features
-    net.encoder = nn.Sequential(*list(encoder.children())[:-1])
-    net.regressor = nn.Linear(2 * net.feat_dim, 1)  # ARNIQA's regressor: linear on both scales' features
-    net.default_mean = torch.Tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1)
-    net.default_std = torch.Tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1)
-    return net
-
-
-def _liqe_text_features(net):
-    clip = _import_clip()
-    from pyiqa.archs.liqe_arch import qualitys
-    tokens = torch.cat([clip.tokenize(f'a photo with {c} quality') for c in qualitys])
-    with torch.no_grad():
-        feats = net.clip_model.encode_text(tokens.to(net.clip_model.logit_scale.device))
-    return feats / feats.norm(dim=1, keepdim=True)
-
-
-def _build_liqe():
-    _import_clip()
-    from pyiqa.archs.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    from pyiqa.archs.liqe_arch import LIQE
-    net = _new(LIQE)
-    net.backbone = 'ViT-B/32'
-    net.clip_model = _random_clip('ViT-B/32')
-    net.model_type = 'liqe'
-    net.default_mean = torch.Tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
-    net.default_std = torch.Tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
-    net.clip_model.logit_scale.requires_grad = False
-    net.step, net.num_patch, net.mtl = 32, 15, False
-    net.text_features = _liqe_text_features(net)
-    return net
-
-
-def _build_clipiqa():
-    _import_clip()
-    from pyiqa.archs import clipiqa_arch
-    with patched_attribute(clipiqa_arch, 'load', lambda backbone, device='cpu': _random_clip(backbone)):
-        net = clipiqa_arch.CLIPIQA(model_type='clipiqa', backbone='RN50', pretrained=False)
-    net.clip_backbone = net.clip_model[0]  # registered too, so .to(device) and state_dict see it
-    return net
-
-
-def _build_niqe():
-    from pyiqa.archs.niqe_arch import NIQE
-    net = _new(NIQE)
-    net.channels, net.test_y_channel, net.color_space, net.crop_border = 1, True, 'yiq', 0
-    # Placeholder pristine model (standard normal features): structure only, not a NIQE score.
-    net.mu_pris_param = torch.zeros(36, dtype=torch.float64)
-    net.cov_pris_param = torch.eye(36, dtype=torch.float64)
-    return net
-
-
-def _build_brisque():
-    from pyiqa.archs.brisque_arch import BRISQUE
-    net = _new(BRISQUE)
-    net.kernel_size, net.kernel_sigma, net.test_y_channel, net.version = 7, 7 / 6, True, 'original'
-    net.gamma, net.rho, net.scale = 0.05, -153.591, 1  # BRISQUE 'original' SVM constants (as pyiqa)
-    g = torch.Generator().manual_seed(0)
-    net.sv = torch.rand(64, 36, generator=g, dtype=torch.float64) * 2 - 1  # random support vectors
-    net.sv_coef = torch.randn(64, generator=g, dtype=torch.float64)
-    return net
-
-
-# --------------------------------------------------------------------------------------------
-# loaders for the published files
+# the pyiqa rows of the scoring table
 # --------------------------------------------------------------------------------------------
 
 
-def _load_whole(net, paths):
-    load_into(net, read_weights(paths[0]), paths[0])
-
-
-def _load_liqe(net, paths):
-    load_into(net, read_weights(paths[0]), paths[0])
-    net.text_features = _liqe_text_features(net)
-
-
-def _load_clipiqa(net, paths):
-    load_into(net.clip_model[0], read_weights(paths[0]), paths[0])
-
-
-def _load_arniqa(net, paths):
-    enc_path, reg_path = paths
-    load_into(net.encoder, read_weights(enc_path), enc_path, strip_prefix='model.')
-    tensors = read_weights(reg_path)
-    n = 2 * net.feat_dim
-    w = [v for v in tensors.values() if torch.is_tensor(v) and v.numel() == n and v.is_floating_point()]
-    b = [v for v in tensors.values() if torch.is_tensor(v) and v.numel() == 1 and v.is_floating_point()]
-    if len(w) != 1 or len(b) != 1:
-        raise wm.WeightsError(f'{reg_path}: expected one linear regressor ({n} weights and a bias), '
-                              f'found tensors {[tuple(v.shape) for v in tensors.values()]}')
-    with torch.no_grad():
-        net.regressor.weight.copy_(w[0].reshape(1, n))
-        net.regressor.bias.copy_(b[0].reshape(1))
-
-
-def _load_path_whole(net, path):
-    load_into(net, read_weights(path), path)
-
-
-def _load_path_liqe(net, path):
-    _load_liqe(net, [path])
-
-
-def _load_path_clipiqa(net, path):
-    sd = read_weights(path)
-    if isinstance(sd, dict) and any(k.startswith('clip_backbone.') for k in sd):
-        load_into(net, sd, path)  # scorer.net.state_dict()
-    else:
-        load_into(net.clip_model[0], sd, path)  # OpenAI CLIP file or a CLIP state dict
-
-
-def _load_niqe(net, paths):
-    path = Path(paths[0])
-    if path.suffix.lower() == '.mat':
-        import numpy as np
-        import scipy.io
-        params = scipy.io.loadmat(str(path))
-        if 'mu_prisparam' not in params or 'cov_prisparam' not in params:
-            raise wm.WeightsError(f'{path} has no mu_prisparam / cov_prisparam (not a NIQE model file)')
-        mu, cov = torch.from_numpy(np.ravel(params['mu_prisparam'])), torch.from_numpy(params['cov_prisparam'])
-    else:
-        sd = read_weights(path)
-        if not isinstance(sd, dict) or 'mu_pris_param' not in sd or 'cov_pris_param' not in sd:
-            raise wm.WeightsError(f'{path} has no mu_pris_param / cov_pris_param tensors')
-        mu, cov = sd['mu_pris_param'], sd['cov_pris_param']
-    if mu.shape != (36,) or cov.shape != (36, 36):
-        raise wm.WeightsError(f'{path}: NIQE model must be mu (36,) and cov (36, 36), got {tuple(mu.shape)} '
-                              f'and {tuple(cov.shape)}')
-    net.mu_pris_param, net.cov_pris_param = mu.double(), cov.double()
-
-
-def _load_brisque(net, paths):
-    path = paths[0]
-    sd = read_weights(path)
-    if isinstance(sd, (tuple, list)) and len(sd) == 2:
-        sv_coef, sv = sd
-    elif isinstance(sd, dict) and 'sv_coef' in sd and 'sv' in sd:
-        sv_coef, sv = sd['sv_coef'], sd['sv']
-    else:
-        raise wm.WeightsError(f'{path}: expected (sv_coef, sv) tensors of a BRISQUE SVM')
-    if sv.ndim != 2 or sv.shape[1] != 36 or sv_coef.numel() != sv.shape[0]:
-        raise wm.WeightsError(f'{path}: BRISQUE SVM must be sv (n, 36) and sv_coef (n,), got '
-                              f'{tuple(sv.shape)} and {tuple(sv_coef.shape)}')
-    net.sv, net.sv_coef = sv.double() / net.scale, sv_coef.reshape(-1).double()
-
-
-# --------------------------------------------------------------------------------------------
-# the per-metric table
-# --------------------------------------------------------------------------------------------
+def _file_url(source):
+    """A row's file source -> its URL: a URL, ``'<pyiqa arch module>:<default_model_urls key>'`` or
+    ``'torchvision:<weights enum>'``."""
+    if source.startswith(('https://', 'http://')):
+        return source
+    module, key = source.split(':', 1)
+    if module == 'torchvision':
+        import torchvision
+        obj = torchvision.models
+        for part in key.split('.'):
+            obj = getattr(obj, part)
+        return obj.url
+    return pyiqa_offline.arch_module(module).default_model_urls[key]
 
 
 @dataclass(frozen=True)
 class NRMetricInfo:
-    """How one pyiqa no-reference metric is built, loaded and fed.
+    """A pyiqa row of the scoring table seen from here (the facts are the row's, ``scoring.METRICS``)."""
+    name: str
 
-    ``files`` returns the published files (``WeightFile``) for ``pretrained=True``;
-    ``load`` reads those files into the network and ``load_path`` one explicit ``weights_path``;
-    ``min_size`` is the smallest image side accepted; ``loss_refusal`` is empty for metrics
-    usable as losses, else the reason they are refused; ``batch_one`` means the network
-    scores one image per call (looped).
-    """
-    build: object  # () -> nn.Module with random weights
-    files: object  # () -> tuple of WeightFile
-    load: object  # (net, [paths]) -> None
-    min_size: int
-    loss_refusal: str = ''
-    note: str = ''
-    batch_one: bool = False
-    load_path: object = None  # (net, path) -> None for weights_path; default: state dict of the net
+    @property
+    def spec(self):
+        return METRICS[self.name]
+
+    @property
+    def min_size(self):
+        return self.spec.min_size
+
+    @property
+    def loss_refusal(self):
+        return self.spec.loss
 
     @property
     def loss_capable(self):
-        return not self.loss_refusal
+        return self.spec.loss_capable
+
+    @property
+    def note(self):
+        return self.spec.description
+
+    def files(self):
+        """The published files (``WeightFile``) the metric loads with ``pretrained=True``, in the row's order."""
+        return tuple(WeightFile(_file_url(source), *rest) for source, *rest in self.spec.files)
 
 
-def _files(module, *keys, subdir='pyiqa'):
-    def get():
-        import importlib
-        if module in ('liqe_arch', 'clipiqa_arch'):
-            _import_clip()
-        urls = importlib.import_module(f'pyiqa.archs.{module}').default_model_urls
-        return tuple(WeightFile(urls[k], subdir) for k in keys)
-    return get
-
-
-def _arniqa_files():
-    from pyiqa.archs.arniqa_arch import default_model_urls as urls
-    return (WeightFile(urls['ARNIQA'], 'checkpoints'), WeightFile(urls['koniq'], 'pyiqa'))
-
-
-_NSS_REFUSAL = ('hand-crafted natural-scene statistics: autograd passes through pyiqa\'s implementation but '
-                'optimising them games the statistics instead of improving the image')
-
-NR_METRICS = {
-    'musiq': NRMetricInfo(_build_musiq, _files('musiq_arch', 'koniq10k'), _load_whole, 32,
-                          note='MUSIQ (KonIQ-10k head); multi-scale patches of 32 px'),
-    'nima': NRMetricInfo(_build_nima, _files('nima_arch', 'inception_resnet_v2-ava'), _load_whole, 32,
-                         note='NIMA, Inception-ResNet-v2, AVA (aesthetics); input resized to 299'),
-    'topiq_nr': NRMetricInfo(_build_topiq_nr, _files('topiq_arch', 'cfanet_nr_koniq_res50'), _load_whole, 32,
-                             note='TOPIQ-NR, ResNet-50, KonIQ-10k'),
-    'liqe': NRMetricInfo(_build_liqe, _files('liqe_arch', 'koniq'), _load_liqe, 224,
-                         note='LIQE, CLIP ViT-B/32, KonIQ-10k; 224 px patches', load_path=_load_path_liqe),
-    'paq2piq': NRMetricInfo(_build_paq2piq, _files('paq2piq_arch', 'url'), _load_whole, 32,
-                            note='PaQ-2-PiQ, ResNet-18 RoI pooling'),
-    'arniqa': NRMetricInfo(_build_arniqa, _arniqa_files, _load_arniqa, 32,
-                           note='ARNIQA, ResNet-50 encoder + linear regressor (KonIQ-10k)'),
-    'clipiqa': NRMetricInfo(_build_clipiqa, lambda: (_clip_file('RN50'),), _load_clipiqa, 32,
-                            note='CLIP-IQA, OpenAI CLIP RN50 with antonym prompts', load_path=_load_path_clipiqa),
-    'niqe': NRMetricInfo(_build_niqe, _files('niqe_arch', 'url'), _load_niqe, 96, _NSS_REFUSAL,
-                         note='NIQE; pretrained=False uses a placeholder pristine model',
-                         load_path=lambda net, path: _load_niqe(net, [path])),
-    'brisque': NRMetricInfo(_build_brisque, _files('brisque_arch', 'url'), _load_brisque, 32, _NSS_REFUSAL,
-                            note='BRISQUE; pretrained=False uses random support vectors',
-                            load_path=lambda net, path: _load_brisque(net, [path])),
-    'qalign': NRMetricInfo(None, lambda: (), None, 16, 'its input goes through PIL (no gradient)',
-                           note='Q-Align, mPLUG-Owl2 (7B LLM) from HuggingFace q-future/one-align', batch_one=True),
-}
+PYIQA_METRICS = {name: NRMetricInfo(name) for name, spec in METRICS.items() if spec.pyiqa}
+NR_METRICS = {name: info for name, info in PYIQA_METRICS.items() if info.spec.kind == 'nr'}
 
 # Formats accepted by ``weights_path`` (one file).
 WEIGHTS_PATH_FORMAT = {
@@ -512,6 +245,10 @@ WEIGHTS_PATH_FORMAT = {
     'niqe': 'niqe_modelparameters.mat, or {mu_pris_param, cov_pris_param} tensors',
     'brisque': 'brisque_svm_weights.pth: (sv_coef, sv)',
     'qalign': 'not supported (HuggingFace snapshot q-future/one-align in the HF cache)',
+    'lpips': 'not supported (the calibration and AlexNet files are found where pyiqa, the lpips package and '
+             'torchvision keep them, or in $IQA_PLUGIN_WEIGHTS_DIR)',
+    'dists': 'not supported (the DISTS and VGG16 files are found where pyiqa and torchvision keep them, or in '
+             '$IQA_PLUGIN_WEIGHTS_DIR)',
 }
 
 
@@ -537,14 +274,281 @@ def weight_files(metric_name):
 
 
 def metric_info(metric_name):
-    """``NRMetricInfo`` of ``metric_name`` (ValueError naming the known ones otherwise)."""
-    if metric_name not in NR_METRICS:
-        raise ValueError(f"unsupported pyiqa NR metric '{metric_name}'; supported: {', '.join(sorted(NR_METRICS))}")
-    return NR_METRICS[metric_name]
+    """``NRMetricInfo`` of pyiqa row ``metric_name`` (ValueError naming the known ones otherwise)."""
+    if metric_name not in PYIQA_METRICS:
+        fr = sorted(set(PYIQA_METRICS) - set(NR_METRICS))
+        raise ValueError(f"unsupported pyiqa NR metric '{metric_name}'; supported: {', '.join(sorted(NR_METRICS))} "
+                         f"(full-reference: {', '.join(fr)})")
+    return PYIQA_METRICS[metric_name]
 
 
 # --------------------------------------------------------------------------------------------
-# the scorer
+# building with pyiqa.create_metric (downloads kept off by iqa_plugin.pyiqa_offline)
+# --------------------------------------------------------------------------------------------
+
+# How pyiqa's loader reads a metric's own file (``load_pretrained_network(..., weight_keys=...)``): the state
+# dict under this key, or bare (None). Metrics built from one state-dict file.
+_PARAMS_KEY = {'musiq': None, 'nima': 'params', 'topiq_nr': 'params', 'paq2piq': None, 'liqe': 'params'}
+_CREATE_OPTIONS = {'topiq_nr': {'backbone_pretrain': False}}  # its backbone's weights are in its own file
+_BACKBONE = {'lpips': 'alexnet', 'dists': 'vgg16'}  # torchvision backbones of the calibrated FR metrics
+
+
+def _create(metric_name, as_loss, **options):
+    """``pyiqa.create_metric(...).net`` on the CPU; pyiqa's prints go to stderr (stdout may carry JSON). Built
+    without autograd: tensors a constructor computes (LIQE's prompt features) hold no graph to the weights."""
+    import pyiqa
+
+    with contextlib.redirect_stdout(sys.stderr), torch.no_grad():
+        return pyiqa.create_metric(metric_name, as_loss=as_loss, device=torch.device('cpu'), **options).net
+
+
+def _load_error(path, metric_name, error):
+    text = ' '.join(str(error).split())
+    what = ('lacks tensors of' if 'Missing key' in text else
+            'has tensors of the wrong shape for' if 'size mismatch' in text else 'does not fit')
+    return wm.WeightsError(f"weights file {path} {what} pyiqa's {metric_name} ({text[:300]}); wrong file for "
+                           'this metric?')
+
+
+def _in_pyiqa_layout(path, tmp, params_key):
+    """``(file for pyiqa, its state dict)``: ``path`` read without running pickled code; the file itself when
+    pyiqa's loader reads it as it stands (under ``params_key``, or bare), else its state dict written to ``tmp``
+    in that layout."""
+    raw = _read_raw(path)
+    sd = _unwrap(raw, path)
+    if not isinstance(sd, dict):
+        raise wm.WeightsError(f'weights file {path} does not hold a state dict (got {type(sd).__name__})')
+    if params_key:
+        as_is = isinstance(raw, dict) and isinstance(raw.get(params_key), dict)
+    else:
+        as_is = isinstance(raw, dict) and not any(isinstance(raw.get(k), dict) for k in ('params', 'state_dict'))
+    if as_is and not is_torchscript_archive(path):
+        return Path(path), sd
+    out = Path(tmp) / (Path(path).stem + '.pth')
+    torch.save({params_key: sd} if params_key else sd, out)
+    return out, sd
+
+
+def _check_covers(net, sd, path, metric_name):
+    """Every tensor of ``net`` is in ``sd`` with its shape (pyiqa loads some files with ``strict=False``)."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in sd]
+    if missing:
+        raise wm.WeightsError(f'weights file {path} lacks {len(missing)} of {len(own)} tensors of '
+                              f"pyiqa's {metric_name} (first: {missing[0]}); wrong file for this metric?")
+    bad = [k for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise wm.WeightsError(f'weights file {path}: {bad[0]} has shape {tuple(sd[bad[0]].shape)}, expected '
+                              f'{tuple(own[bad[0]].shape)}')
+
+
+def _build_from_state_dict(metric_name, paths, tmp, as_loss, explicit):
+    """musiq, nima, topiq_nr, paq2piq, liqe: one file, ``pretrained_model_path``."""
+    options = dict(_CREATE_OPTIONS.get(metric_name, {}))
+    sd = None
+    if paths is None:
+        options['pretrained'] = False
+    else:
+        path, sd = _in_pyiqa_layout(paths[0], tmp, _PARAMS_KEY[metric_name])
+        options['pretrained_model_path'] = str(path)
+    with pyiqa_offline.offline(metric_name, cache_dir=tmp):
+        try:
+            net = _create(metric_name, as_loss, **options)
+        except (RuntimeError, KeyError) as e:
+            if sd is None:
+                raise
+            raise _load_error(paths[0], metric_name, e) from e
+    if sd is not None:
+        _check_covers(net, sd, paths[0], metric_name)
+    return net
+
+
+def _arniqa_regressor(tensors, path, n):
+    """ARNIQA's regressor (published as a TorchScript linear layer) as an ``nn.Linear(n, 1)``."""
+    w = [v for v in tensors.values() if torch.is_tensor(v) and v.numel() == n and v.is_floating_point()]
+    b = [v for v in tensors.values() if torch.is_tensor(v) and v.numel() == 1 and v.is_floating_point()]
+    if len(w) != 1 or len(b) != 1:
+        raise wm.WeightsError(f'{path}: expected one linear regressor ({n} weights and a bias), '
+                              f'found tensors {[tuple(v.shape) for v in tensors.values()]}')
+    regressor = nn.Linear(n, 1)
+    with torch.no_grad():
+        regressor.weight.copy_(w[0].reshape(1, n))
+        regressor.bias.copy_(b[0].reshape(1))
+    return regressor.eval()
+
+
+def _build_arniqa(paths, tmp, as_loss, explicit):
+    """ARNIQA: pyiqa's constructor fetches an encoder checkpoint and a TorchScript regressor itself; it gets
+    them from the resolved files (or random weights) through ``pyiqa_offline``."""
+    import torchvision
+
+    encoder = nn.Sequential(*list(torchvision.models.resnet50(weights=None).children())[:-1])
+    n = 2 * 2048  # the regressor reads the features of both scales
+    if paths is None:
+        enc, regressor, where = {'model.' + k: v for k, v in encoder.state_dict().items()}, nn.Linear(n, 1), None
+    elif explicit:  # scorer.net.state_dict()
+        sd, where = read_weights(paths[0]), paths[0]
+        enc = {'model.' + k[len('encoder.'):]: v for k, v in sd.items() if k.startswith('encoder.')}
+        regressor = _arniqa_regressor({k: v for k, v in sd.items() if k.startswith('regressor.')}, where, n)
+    else:
+        where, reg_path = paths
+        enc = read_weights(where)
+        regressor = _arniqa_regressor(read_weights(reg_path), reg_path, n)
+    with pyiqa_offline.offline('arniqa', arniqa=(enc, regressor)):
+        try:
+            return _create('arniqa', as_loss)
+        except (RuntimeError, KeyError) as e:
+            if where is None:
+                raise
+            raise _load_error(where, 'arniqa', e) from e
+
+
+def _build_clipiqa(paths, tmp, as_loss, explicit):
+    """CLIP-IQA: its weights are the CLIP file, which pyiqa's constructor loads itself by name."""
+    clip = None
+    if paths is not None:
+        path = paths[0]
+        sd = read_weights(path)
+        if isinstance(sd, dict) and any(k.startswith('clip_backbone.') for k in sd):  # scorer.net.state_dict()
+            sd = {k[len('clip_backbone.'):]: v for k, v in sd.items() if k.startswith('clip_backbone.')}
+
+        def clip(backbone, *args, **kwargs):
+            model = pyiqa_offline.random_clip(backbone)
+            load_into(model, sd, path)
+            return model
+    with pyiqa_offline.offline('clipiqa', clip=clip):
+        net = _create('clipiqa', as_loss)
+    net.clip_backbone = net.clip_model[0]  # registered too, so .to(device) and state_dict see it
+    return net
+
+
+def _niqe_model(paths):
+    """NIQE's pristine model (mu (36,), cov (36, 36)) from a .mat file or a tensor file; placeholder without."""
+    if paths is None:  # structure only, not a NIQE score
+        return torch.zeros(36, dtype=torch.float64), torch.eye(36, dtype=torch.float64), None
+    path = Path(paths[0])
+    if path.suffix.lower() == '.mat':
+        import numpy as np
+        import scipy.io
+        params = scipy.io.loadmat(str(path))
+        if 'mu_prisparam' not in params or 'cov_prisparam' not in params:
+            raise wm.WeightsError(f'{path} has no mu_prisparam / cov_prisparam (not a NIQE model file)')
+        mu, cov = torch.from_numpy(np.ravel(params['mu_prisparam'])), torch.from_numpy(params['cov_prisparam'])
+        mat = path
+    else:
+        sd = read_weights(path)
+        if not isinstance(sd, dict) or 'mu_pris_param' not in sd or 'cov_pris_param' not in sd:
+            raise wm.WeightsError(f'{path} has no mu_pris_param / cov_pris_param tensors')
+        mu, cov, mat = sd['mu_pris_param'], sd['cov_pris_param'], None
+    if mu.shape != (36,) or cov.shape != (36, 36):
+        raise wm.WeightsError(f'{path}: NIQE model must be mu (36,) and cov (36, 36), got {tuple(mu.shape)} '
+                              f'and {tuple(cov.shape)}')
+    return mu, cov, mat
+
+
+def _build_niqe(paths, tmp, as_loss, explicit):
+    """NIQE: pyiqa reads its pristine model from a MATLAB file (``pretrained_model_path``)."""
+    mu, cov, mat = _niqe_model(paths)
+    if mat is None:
+        import scipy.io
+        mat = Path(tmp) / 'niqe_model.mat'
+        scipy.io.savemat(str(mat), {'mu_prisparam': mu.double().numpy()[None], 'cov_prisparam': cov.double().numpy()})
+    with pyiqa_offline.offline('niqe'):
+        return _create('niqe', as_loss, pretrained_model_path=str(mat))
+
+
+def _build_brisque(paths, tmp, as_loss, explicit):
+    """BRISQUE: pyiqa reads its SVM from a ``(sv_coef, sv)`` file (``pretrained_model_path``)."""
+    if paths is None:  # random support vectors: structure only
+        g = torch.Generator().manual_seed(0)
+        sv = torch.rand(64, 36, generator=g, dtype=torch.float64) * 2 - 1
+        sv_coef, path, as_is = torch.randn(64, generator=g, dtype=torch.float64), None, False
+    else:
+        path = paths[0]
+        sd = read_weights(path)
+        as_is = isinstance(sd, tuple) and len(sd) == 2
+        if isinstance(sd, (tuple, list)) and len(sd) == 2:
+            sv_coef, sv = sd
+        elif isinstance(sd, dict) and 'sv_coef' in sd and 'sv' in sd:
+            sv_coef, sv = sd['sv_coef'], sd['sv']
+        else:
+            raise wm.WeightsError(f'{path}: expected (sv_coef, sv) tensors of a BRISQUE SVM')
+        if sv.ndim != 2 or sv.shape[1] != 36 or sv_coef.numel() != sv.shape[0]:
+            raise wm.WeightsError(f'{path}: BRISQUE SVM must be sv (n, 36) and sv_coef (n,), got '
+                                  f'{tuple(sv.shape)} and {tuple(sv_coef.shape)}')
+    if not as_is:
+        path = Path(tmp) / 'brisque_svm.pth'
+        torch.save((sv_coef.reshape(-1), sv), path)
+    with pyiqa_offline.offline('brisque'):
+        return _create('brisque', as_loss, pretrained_model_path=str(path))
+
+
+def _build_calibrated_fr(metric_name, paths, tmp, as_loss, explicit):
+    """LPIPS and DISTS: a calibration file (``pretrained_model_path``) on a torchvision backbone, which pyiqa's
+    constructor would download; it gets the resolved file's backbone through ``pyiqa_offline``."""
+    import torchvision
+
+    if explicit:
+        raise ValueError(f'{metric_name} takes no weights_path: {WEIGHTS_PATH_FORMAT[metric_name]}')
+    if paths is None:
+        with pyiqa_offline.offline(metric_name):
+            return _create(metric_name, as_loss, pretrained=False)
+    calibration, backbone_file = paths
+    arch = _BACKBONE[metric_name]
+    backbone = getattr(torchvision.models, arch)(weights=None)
+    features = {k[len('features.'):]: v for k, v in read_weights(backbone_file).items() if k.startswith('features.')}
+    load_into(backbone.features, features, backbone_file)  # the only part of the backbone these metrics use
+    path, sd = _in_pyiqa_layout(calibration, tmp, None)
+    with pyiqa_offline.offline(metric_name, backbones={arch: backbone}):
+        net = _create(metric_name, as_loss, pretrained_model_path=str(path))
+    # pyiqa loads these files with strict=False: the calibrated tensors must all be there
+    calibrated = [k for k in net.state_dict() if (k[:3] == 'lin' and k[3:4].isdigit()) or k in ('alpha', 'beta')]
+    missing = [k for k in calibrated if k not in sd]
+    if missing:
+        raise wm.WeightsError(f'weights file {calibration} lacks {missing[0]} of {metric_name}; wrong file?')
+    return net
+
+
+def _build_qalign(paths, tmp, as_loss, explicit):
+    if explicit:
+        raise ValueError("qalign takes no weights_path: it loads the HuggingFace snapshot q-future/one-align "
+                         "from the HF cache")
+    if paths is None:
+        raise ValueError("qalign cannot be built with pretrained=False: it is a 7B-parameter mPLUG-Owl2 LLM "
+                         "(HuggingFace q-future/one-align) with no small offline structure")
+    check_qalign_snapshot()
+    old = os.environ.get('HF_HUB_OFFLINE')
+    os.environ['HF_HUB_OFFLINE'] = '1'
+    try:
+        return _create('qalign', as_loss)
+    finally:
+        if old is None:
+            os.environ.pop('HF_HUB_OFFLINE', None)
+        else:
+            os.environ['HF_HUB_OFFLINE'] = old
+
+
+def _builder(metric_name):
+    """``(paths | None, tmp folder, as_loss, explicit) -> network`` for pyiqa row ``metric_name``."""
+    special = {'arniqa': _build_arniqa, 'clipiqa': _build_clipiqa, 'niqe': _build_niqe, 'brisque': _build_brisque,
+               'qalign': _build_qalign}
+    if metric_name in special:
+        return special[metric_name]
+    if metric_name in _PARAMS_KEY:
+        return lambda *args: _build_from_state_dict(metric_name, *args)
+    if metric_name in _BACKBONE:
+        return lambda *args: _build_calibrated_fr(metric_name, *args)
+
+    def weight_free(paths, tmp, as_loss, explicit):  # the pyiqa metrics without files (nlpd, gmsd, ...)
+        if explicit:
+            raise ValueError(f'{metric_name} has no weights: it takes no weights_path')
+        with pyiqa_offline.offline(metric_name):
+            return _create(metric_name, as_loss)
+    return weight_free
+
+
+# --------------------------------------------------------------------------------------------
+# the scorers
 # --------------------------------------------------------------------------------------------
 
 
@@ -586,29 +590,49 @@ class NRScorer(nn.Module):
         """Validate ``dist`` (see ``prepare_image``) with this metric's minimum side."""
         return prepare_image(dist, name='dist', min_size=self.min_size)
 
+    def _run(self, *inputs):
+        """(B,) float32 scores of the network on prepared inputs, in float32 outside autocast."""
+        inputs = [as_float32(x.to(self.device)) for x in inputs]
+        with float32_scoring(inputs[0].device.type):
+            out = self.net(*inputs)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.reshape(inputs[0].shape[0], -1)[:, 0].float()
+
     def score(self, x):
         """(B,) float32 scores of a prepared batch ``x`` (B, 3, H, W) in [0, 1] (no validation); the network
         runs in float32 outside autocast (``scoring.float32_scoring``)."""
-        x = as_float32(x.to(self.device))
         if self.batch_one and x.shape[0] > 1:
             return torch.cat([self.score(x[i:i + 1]) for i in range(x.shape[0])])
-        with float32_scoring(x.device.type):
-            out = self.net(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.reshape(x.shape[0], -1)[:, 0].float()
+        return self._run(x)
 
     def forward(self, dist, ref=None):
         return OrderedDict([(self.name, self.score(self.prepare(dist)))])
 
     def normalize(self, scores):
-        """Scores -> quality in ~[0, 1], higher = better, by ``score_range`` (not clipped)."""
-        lo, hi = self.score_range
-        q = (scores - lo) / (hi - lo)
-        return 1.0 - q if self.lower_better else q
+        """Scores -> quality in ~[0, 1], higher = better, by ``score_range`` (``scoring.normalise_score``)."""
+        return normalise_score(scores, self.score_range, self.lower_better)
 
     def extra_repr(self):
         return f'name={self.name}, lower_better={self.lower_better}, score_range={self.score_range}'
+
+
+class FRScorer(NRScorer):
+    """Frozen wrapper of a full-reference network: ``forward(dist, ref)`` -> ``{name: (B,) float tensor}``,
+    both (B, 3, H, W) RGB in [0, 1] of the same shape; ``score(dist, ref)`` on prepared inputs."""
+    kind = 'fr'
+
+    def prepare(self, dist, ref):
+        """Validate the pair (see ``prepare_pair``) with this metric's minimum side."""
+        return prepare_pair(dist, ref, min_size=self.min_size)
+
+    def score(self, dist, ref):
+        return self._run(dist, ref)
+
+    def forward(self, dist, ref=None):
+        if ref is None:
+            raise ValueError(f"'{self.name}' is a full-reference metric: it needs ref")
+        return OrderedDict([(self.name, self.score(*self.prepare(dist, ref)))])
 
 
 def resolve_metric_files(metric_name, allow_download=True):
@@ -625,67 +649,42 @@ def check_qalign_snapshot():
                               f"expected in {hf_constants.HF_HUB_CACHE} (huggingface-cli download q-future/one-align)")
 
 
-def _build_qalign(device, pretrained, weights_path):
-    if not pretrained:
-        raise ValueError("qalign cannot be built with pretrained=False: it is a 7B-parameter mPLUG-Owl2 LLM "
-                         "(HuggingFace q-future/one-align) with no small offline structure")
-    if weights_path:
-        raise ValueError("qalign takes no weights_path: it loads the HuggingFace snapshot q-future/one-align "
-                         "from the HF cache")
-    check_qalign_snapshot()
-    from pyiqa.archs.qalign_arch import QAlign
-    old = os.environ.get('HF_HUB_OFFLINE')
-    os.environ['HF_HUB_OFFLINE'] = '1'
-    try:
-        return QAlign()
-    finally:
-        if old is None:
-            os.environ.pop('HF_HUB_OFFLINE', None)
-        else:
-            os.environ['HF_HUB_OFFLINE'] = old
-
-
 def build_pyiqa_scorer(device=None, metric_name='musiq', weights_path=None, pretrained=True, as_loss=False,
                        allow_download=True):
-    """Build pyiqa no-reference metric ``metric_name`` as an ``NRScorer`` (frozen, eval).
+    """Build pyiqa metric ``metric_name`` as an ``NRScorer`` (or ``FRScorer``), frozen, eval.
 
     Args:
         device: torch device (default CPU).
-        metric_name (str): one of ``NR_METRICS``.
+        metric_name (str): a scoring-table row with ``pyiqa=True`` (``NR_METRICS`` and the full-reference ones).
         weights_path (str | Path | None): explicit weights file (see ``WEIGHTS_PATH_FORMAT``).
         pretrained (bool): load published weights (cache, then download); False keeps the
             random initialisation (structure only: scores are meaningless).
-        as_loss (bool): the caller optimises the score: metrics refused as losses (niqe,
-            brisque, qalign; see ``NRMetricInfo.loss_refusal``) raise ValueError.
+        as_loss (bool): the caller optimises the score (passed to ``pyiqa.create_metric``): metrics refused as
+            losses (the row's ``loss``: niqe, brisque, qalign, ...) raise ValueError.
         allow_download (bool): try to download a missing file (never when IQA_PLUGIN_OFFLINE=1).
     Raises:
         ValueError: unknown metric, or one refused as a loss with ``as_loss``.
         iqa_plugin.weights.WeightsError: weights missing/unreadable/not matching.
     """
     info = metric_info(metric_name)
-    cfg = pyiqa_config(metric_name)
-    if as_loss and not info.loss_capable:
-        raise ValueError(f"metric '{metric_name}' cannot be a loss ({info.loss_refusal}); use it as a "
-                         'validator (calculate_nriqa) instead')
+    spec = info.spec
+    if as_loss and not spec.loss_capable:
+        raise ValueError(f"metric '{metric_name}' cannot be a loss ({spec.loss}); use it as a "
+                         'validator (calculate_iqa) instead')
     device = torch.device(device) if device is not None else torch.device('cpu')
-    if metric_name == 'qalign':
-        net = _build_qalign(device, pretrained, weights_path)
-    else:
-        paths = None
-        if weights_path:
-            p = Path(os.path.expanduser(str(weights_path)))
-            if not p.is_file():
-                raise FileNotFoundError(f"weights file for '{metric_name}' not found: {p}")
-        elif pretrained:  # resolve first: a missing file fails before any network is built
-            paths = [resolve_file(metric_name, wf, allow_download) for wf in info.files()]
-        with _build_lock:
-            net = info.build()
-        if weights_path:
-            (info.load_path or _load_path_whole)(net, p)
-        elif paths is not None:
-            info.load(net, paths)
-    scorer = NRScorer(metric_name, net, cfg.get('lower_better', False), parse_score_range(cfg['score_range']),
-                      info.min_size, info.loss_capable, info.batch_one)
+    paths = None
+    if weights_path:
+        p = Path(os.path.expanduser(str(weights_path)))
+        if not p.is_file():
+            raise FileNotFoundError(f"weights file for '{metric_name}' not found: {p}")
+        paths = [p]
+    elif pretrained:  # resolve first: a missing file fails before any network is built
+        paths = resolve_metric_files(metric_name, allow_download)
+    with tempfile.TemporaryDirectory(prefix='iqa_plugin_pyiqa_') as tmp:
+        net = _builder(metric_name)(paths, tmp, as_loss, bool(weights_path))
+    cls = FRScorer if spec.kind == 'fr' else NRScorer
+    scorer = cls(metric_name, net, spec.lower_better, spec.score_range, spec.min_size, spec.loss_capable,
+                 batch_one=metric_name == 'qalign')  # Q-Align scores one image per call
     scorer.pretrained = bool(pretrained or weights_path)
     return scorer.to(device)
 

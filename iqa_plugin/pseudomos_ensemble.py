@@ -1,9 +1,10 @@
 """The pseudo-MOS ensemble: quality labels without human ratings, from full-reference metrics.
 
-Each member is a full-reference metric that models some form of visual masking and runs offline
-(no download): pyiqa's ``nlpd``, ``gmsd``, ``fsim``, ``vsi``, ``ms_ssim`` and ``mad``; ``lpips``
-(the ``lpips`` package) and ``dists`` (pyiqa's architecture) join only when their weight files are
-already on disk. Scores are
+Each member is a full-reference metric of the scoring table (``iqa_plugin.scoring.METRICS``, where its
+direction, minimum size and files live) that models some form of visual masking and runs offline (no
+download): pyiqa's ``nlpd``, ``gmsd``, ``fsim``, ``vsi``, ``ms_ssim`` and ``mad``; ``lpips`` and ``dists``
+join only when their weight files are already on disk. Every member is built through the one cache of frozen
+scorers (``scoring.get_cached_metric``). Scores are
 
 1. oriented so that higher = worse: lower-is-better metrics as they are, higher-is-better similarity
    indices (value 1 for identical images) as ``1 - score``;
@@ -17,24 +18,24 @@ with ``'rank'`` values lie in [0, 1] (0 = best of its group). See ``docs/distort
 This module is the ensemble itself; ``iqa_plugin.pseudomos`` re-exports it and adds the cache builder
 and the command line, ``pseudomos_cache`` reads and writes cache files.
 """
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from iqa_plugin.scoring import METRICS
 
 NORMALIZATIONS = ('zscore', 'rank', 'global', 'none')
 
 
 @dataclass(frozen=True)
 class Member:
-    """One ensemble member.
+    """One ensemble member: a view of its scoring-table row.
 
     Attributes:
-        name: member name (also the pyiqa metric name for pyiqa members).
-        lower_better: direction of the raw score (checked against pyiqa's at build time).
+        name: member name (the scoring-table row).
+        lower_better: direction of the raw score.
         min_size: smallest image side the implementation accepts.
-        source: 'pyiqa', 'lpips' (pip package ``lpips``) or 'pyiqa-dists'.
+        source: 'pyiqa' (no files) or 'pyiqa+files' (needs weight files: ``lpips``, ``dists``).
         description: what it measures / how it models masking.
     """
     name: str
@@ -44,24 +45,9 @@ class Member:
     description: str = ''
 
 
-MEMBERS = {m.name: m for m in [
-    Member('nlpd', True, 16, 'pyiqa',
-           'normalised Laplacian pyramid distance (Laparra et al. 2016): divisive normalisation = contrast masking'),
-    Member('gmsd', True, 16, 'pyiqa',
-           'gradient magnitude similarity deviation (Xue et al. 2014), luma'),
-    Member('fsim', False, 16, 'pyiqa',
-           'feature similarity, phase congruency + gradient + chroma (Zhang et al. 2011)'),
-    Member('vsi', False, 16, 'pyiqa',
-           'visual saliency-induced index, saliency + gradient + chroma (Zhang et al. 2014)'),
-    Member('ms_ssim', False, 176, 'pyiqa',
-           'multi-scale SSIM (Wang et al. 2003), luma; needs sides >= 176 px'),
-    Member('mad', True, 16, 'pyiqa',
-           'most apparent distortion (Larson & Chandler 2010): masking-based detection + appearance; slow'),
-    Member('lpips', True, 16, 'lpips',
-           'LPIPS v0.1 AlexNet (Zhang et al. 2018); needs torchvision AlexNet weights in the torch hub cache'),
-    Member('dists', True, 16, 'pyiqa-dists',
-           'DISTS (Ding et al. 2020); needs torchvision VGG16 weights and pyiqa DISTS weights in the cache'),
-]}
+MEMBER_NAMES = ('nlpd', 'gmsd', 'fsim', 'vsi', 'ms_ssim', 'mad', 'lpips', 'dists')
+MEMBERS = {n: Member(n, METRICS[n].lower_better, METRICS[n].min_size, 'pyiqa+files' if METRICS[n].files else 'pyiqa',
+                     METRICS[n].description) for n in MEMBER_NAMES}
 
 DEFAULT_MEMBERS = ('nlpd', 'gmsd', 'fsim')
 """Default ensemble: fast on CPU, contrast masking (NLPD), structure (GMSD) and colour (FSIM, chromatic)."""
@@ -70,37 +56,14 @@ DEFAULT_MEMBERS = ('nlpd', 'gmsd', 'fsim')
 # ----------------------------------------------------------------------------------------------
 # Availability (nothing is ever downloaded from here)
 # ----------------------------------------------------------------------------------------------
-def _torchvision_file(weights_enum):
-    return Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(weights_enum.url)
-
-
-def _required_files(name):
-    """Local files member ``name`` needs (empty for the pure-formula pyiqa members)."""
-    if name == 'lpips':
-        from torchvision.models import AlexNet_Weights
-
-        return [_torchvision_file(AlexNet_Weights.IMAGENET1K_V1)]
-    if name == 'dists':
-        from torchvision.models import VGG16_Weights
-
-        return [_torchvision_file(VGG16_Weights.IMAGENET1K_V1),
-                Path(torch.hub.get_dir()) / 'pyiqa' / 'DISTS_weights-f5e65c96.pth']
-    return []
-
-
 def member_status(name):
     """(available, reason) for member ``name``; never downloads."""
     if name not in MEMBERS:
         raise ValueError(f"unknown pseudo-MOS member '{name}'; known: {', '.join(MEMBERS)}")
-    if name == 'lpips':
-        try:
-            import lpips  # noqa: F401
-        except ImportError:
-            return False, "the 'lpips' package is not installed"
-    missing = [str(p) for p in _required_files(name) if not p.is_file()]
-    if missing:
-        return False, 'missing weight files: ' + ', '.join(missing)
-    return True, 'ok'
+    from iqa_plugin.scoring import available_offline
+
+    ok, why = available_offline(name)
+    return (True, 'ok') if ok else (False, why)
 
 
 def available_members():
@@ -130,39 +93,11 @@ def resolve_members(members=None):
 
 
 def _build_member(name, device):
-    """A callable ``f(dist, ref) -> (B,) raw scores`` and its ``lower_better``."""
-    spec = MEMBERS[name]
-    if spec.source == 'pyiqa':
-        import pyiqa
+    """A callable ``f(dist, ref) -> (B,) raw scores`` and its ``lower_better`` (the table row's)."""
+    from iqa_plugin.scoring import get_cached_metric
 
-        metric = pyiqa.create_metric(name, device=device, as_loss=False).eval()
-        if bool(metric.lower_better) != spec.lower_better:
-            raise RuntimeError(f"pyiqa reports lower_better={metric.lower_better} for '{name}', "
-                               f'the ensemble table says {spec.lower_better}')
-        return (lambda d, r: metric(d, r).reshape(-1)), bool(metric.lower_better)
-    if spec.source == 'lpips':
-        import lpips
-
-        net = lpips.LPIPS(net='alex', version='0.1', verbose=False).to(device).eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        return (lambda d, r: net(d, r, normalize=True).reshape(-1)), True
-    if spec.source == 'pyiqa-dists':
-        from pyiqa.archs.dists_arch import DISTS
-
-        from iqa_plugin.weights import WeightsError, load_state_dict
-
-        net = DISTS(pretrained=False)
-        path = _required_files('dists')[1]
-        sd = load_state_dict(path)  # torch.load(weights_only=True)
-        if not isinstance(sd, dict) or not {'alpha', 'beta'} <= set(sd):
-            raise WeightsError(f'{path} does not hold the DISTS alpha/beta parameters')
-        net.load_state_dict({'alpha': sd['alpha'], 'beta': sd['beta']}, strict=False)
-        net = net.to(device).eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        return (lambda d, r: net(d, r).reshape(-1)), True
-    raise ValueError(f'unknown member source {spec.source}')  # pragma: no cover
+    scorer = get_cached_metric(name, device=device)
+    return (lambda d, r: scorer(d, r)[name].reshape(-1)), bool(scorer.lower_better)
 
 
 # ----------------------------------------------------------------------------------------------

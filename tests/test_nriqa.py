@@ -46,14 +46,18 @@ def image(b=1, size=64, seed=0, requires_grad=False):
 
 
 def test_scoring_table_matches_pyiqa():
-    pyiqa_names = [n for n, s in scoring.METRICS.items() if s.factory == 'iqa_plugin.nriqa:build_pyiqa_scorer']
-    assert set(pyiqa_names) == set(NR_METRICS)
+    """Every pyiqa row has pyiqa's mode, direction and score range; NR_METRICS is derived from the rows."""
+    pyiqa_names = [n for n, s in scoring.METRICS.items() if s.pyiqa]
+    assert all(scoring.METRICS[n].factory == 'iqa_plugin.nriqa:build_pyiqa_scorer' for n in pyiqa_names)
+    assert set(NR_METRICS) == {n for n in pyiqa_names if scoring.METRICS[n].kind == 'nr'}
+    assert {'lpips', 'dists'} <= set(pyiqa_names) - set(NR_METRICS)
     for name in pyiqa_names:
-        cfg = pyiqa_config(name)
-        assert cfg['metric_mode'] == 'NR'
-        assert scoring.METRICS[name].lower_better == cfg.get('lower_better', False), name
-        lo, hi = parse_score_range(cfg['score_range'])
-        assert hi > lo
+        spec, cfg = scoring.METRICS[name], pyiqa_config(name)
+        assert cfg['metric_mode'] == spec.kind.upper(), name
+        assert spec.lower_better == cfg.get('lower_better', False), name
+        if name != 'mad':  # pyiqa gives MAD no upper bound ('0, ~')
+            assert spec.score_range == parse_score_range(cfg['score_range']), name
+        assert metric_info(name).min_size == spec.min_size
 
 
 def test_parse_score_range():

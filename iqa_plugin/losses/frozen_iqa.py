@@ -93,9 +93,9 @@ class FrozenIQALoss(nn.Module):
         self.progress = min(max(float(p), 0.0), 1.0)
 
     def normalise(self, scores):
-        """Scores in the metric's own scale -> lower-is-better loss values, (hi - lo) -> 1."""
-        lo, hi = self.spec.score_range
-        return (scores - lo) / (hi - lo) if self.spec.lower_better else (hi - scores) / (hi - lo)
+        """Scores in the metric's own scale -> lower-is-better loss values, (hi - lo) -> 1
+        (``scoring.normalise_score``)."""
+        return scoring.normalise_score(scores, self.spec.score_range, self.spec.lower_better, as_loss=True)
 
     def per_image(self, pred, target):
         """(B,) loss per image before ``loss_weight`` and the reduction."""
