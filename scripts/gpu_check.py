@@ -233,6 +233,9 @@ def checks(step, status, figures):
             return 'fail', 'tests failed'
         if not figures.get('passed'):
             return 'fail', 'no CUDA test ran (all skipped or none selected)'
+        cuda_skips = [r for r in figures.get('skip_reasons', []) if 'cuda' in r.lower()]
+        if cuda_skips:  # this machine has CUDA: a test skipped for want of it did not see the GPU
+            return 'fail', 'skipped for want of CUDA on a CUDA machine: ' + '; '.join(cuda_skips)
     if step == 'demo' and not figures.get('on_gpu'):
         return 'fail', 'the demo did not train on the GPU'
     if step in ('train-step', 'milo', 'afine', 'gt-sampling') and not figures:

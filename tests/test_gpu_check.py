@@ -127,14 +127,17 @@ def test_report_reads_figures_and_status(tmp_path, capsys):
     assert md in capsys.readouterr().out + '\n'
 
 
-def test_report_fails_when_no_cuda_test_ran(tmp_path):
+@pytest.mark.parametrize('log,why', [
+    ('sss\n3 skipped, 20 deselected in 2.0s\n', 'no CUDA test ran'),
+    ('.s\nSKIPPED [1] tests/test_lora.py:337: needs a CUDA GPU\n1 passed, 1 skipped in 2.0s\n', 'needs a CUDA GPU')])
+def test_report_fails_when_cuda_tests_did_not_run(tmp_path, log, why):
     out = tmp_path / 'out'
     (out / 'logs').mkdir(parents=True)
-    (out / 'logs' / 'cuda-tests.log').write_text('sss\n3 skipped, 20 deselected in 2.0s\n')
+    (out / 'logs' / 'cuda-tests.log').write_text(log)
     (out / 'steps.tsv').write_text('step\tstatus\tseconds\ttimeout\trc\tnote\ncuda-tests\tpass\t5\t150\t0\t\n')
     assert helper().report(out) == 1
     row = json.loads((out / 'report.json').read_text())['steps'][0]
-    assert row['status'] == 'fail' and 'no CUDA test ran' in row['note']
+    assert row['status'] == 'fail' and why in row['note']
 
 
 @pytest.mark.parametrize('text,expected', [('{"a": 1}\n{"b": 2}\ntrailing\n', {'b': 2}), ('{bad\n', None)])
