@@ -33,6 +33,7 @@ import numpy as np
 
 from iqa_plugin import distortions as D
 from iqa_plugin.data import multigt_layout as L
+from iqa_plugin.utils.image import quantise8, write_image
 
 CLASSES = (L.LABEL_POSITIVE, L.LABEL_SIMILAR, L.LABEL_NEGATIVE)
 CLASS_PROBS = (0.45, 0.25, 0.30)
@@ -115,18 +116,6 @@ def load_hr(path, size=None):
     return np.ascontiguousarray(np.clip(img, 0, 1), dtype=np.float32)
 
 
-def _write_png(path, img):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    u8 = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
-    if not cv2.imwrite(str(path), cv2.cvtColor(u8, cv2.COLOR_RGB2BGR)):
-        raise OSError(f'cannot write {path}')
-
-
-def quantise8(img):
-    """The image as stored (8-bit PNG), back in float32: operations see what the files hold."""
-    return (np.round(np.clip(img, 0, 1) * 255) / 255).astype(np.float32)
-
-
 # ------------------------------------------------------------------------------------- the set
 def make_multigt(src, out, set_name='train', seed=0, size=None, candidates=4, disagree=0.2, limit=None):
     """Write a multi-GT set in HGGT's layout (module docstring) from the images in ``src``.
@@ -173,7 +162,7 @@ def make_multigt(src, out, set_name='train', seed=0, size=None, candidates=4, di
         names.add(name)
         rng = np.random.default_rng(ss)
         hr = quantise8(load_hr(path, size))
-        _write_png(images / L.ORIGINAL / f'{name}.png', hr)
+        write_image(images / L.ORIGINAL / f'{name}.png', hr)
         votes = {a: {} for a in L.ANNOTATORS}
         group = {'name': name, 'source': str(path), 'candidates': []}
         majority = []
@@ -184,7 +173,7 @@ def make_multigt(src, out, set_name='train', seed=0, size=None, candidates=4, di
             strength = float(rng.uniform(lo, hi))
             cand = render(hr, op, strength, np.random.default_rng(rng.integers(2 ** 63)))
             fname = f'{name}_{folder}.png'
-            _write_png(images / folder / fname, cand)
+            write_image(images / folder / fname, cand)
             key = L.picture_key(folder)
             for a in L.ANNOTATORS:
                 votes[a][key] = {'Name': f'{name}_{folder}', 'File': fname, 'Label': annotate(true_class, rng, disagree)}

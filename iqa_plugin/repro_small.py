@@ -127,11 +127,9 @@ def _log(msg):
 
 # ------------------------------------------------------------------------------------------ data
 def _write_rgb(path, img):
-    import cv2
+    from iqa_plugin.utils.image import write_image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img[:, :, ::-1]):
-        raise OSError(f'cannot write {path}')
+    write_image(path, img)
 
 
 def check_src(src):

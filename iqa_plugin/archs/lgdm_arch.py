@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from iqa_plugin import weights as wm
 from iqa_plugin.nriqa import NRScorer
+from iqa_plugin.scoring import freeze
 from iqa_plugin.utils.image import check_batch_shape
 
 MIN_SIZE = 64
@@ -235,9 +236,7 @@ class LGDMFeatures(nn.Module):
                  ddim_stride=10, guidance_scale=0.1, guidance_metric='milo-pseudomos',
                  blocks=('down.1', 'mid', 'up.0', 'up.1'), pooling='avg', seed=0, amp=None):
         super().__init__()
-        self.unet, self.vae = unet.eval(), vae.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
+        self.unet, self.vae = freeze(unet), freeze(vae)
         self.timesteps = tuple(int(t) for t in timesteps)
         self.ddim_steps, self.ddim_stride = int(ddim_steps), int(ddim_stride)
         self.guidance_scale = float(guidance_scale)

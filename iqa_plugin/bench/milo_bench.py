@@ -70,6 +70,7 @@ def build_variants(weights_path=None, with_lpips=True, variants=None):
     """name -> callable(dist, ref) returning per-image losses (B,)."""
     from iqa_plugin.archs.milo_arch import resolve_milo_weights
     from iqa_plugin.losses.milo_loss import MILOLoss
+    from iqa_plugin.scoring import freeze
     from iqa_plugin.weights import load_state_dict
 
     variants = list(variants or MILO_VARIANTS + (('lpips_vgg',) if with_lpips else ()))
@@ -88,9 +89,7 @@ def build_variants(weights_path=None, with_lpips=True, variants=None):
         import lpips
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            net = lpips.LPIPS(net='vgg', pretrained=False, pnet_rand=True, verbose=False).eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
+            net = freeze(lpips.LPIPS(net='vgg', pretrained=False, pnet_rand=True, verbose=False))
         fns['lpips_vgg'] = lambda d, r: net(d, r, normalize=True).flatten()
     unknown = set(variants) - set(fns)
     if unknown:

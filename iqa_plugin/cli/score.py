@@ -199,12 +199,12 @@ def _describe(dominant):
 
 
 def _write_rgb(path, rgb):
-    import cv2
-    import numpy as np
+    from iqa_plugin.utils.image import write_image
 
-    ok = cv2.imwrite(str(path), np.ascontiguousarray((np.clip(rgb, 0, 1)[:, :, ::-1] * 255 + 0.5).astype(np.uint8)))
-    if not ok:
-        raise UsageError(f'cannot write {path}')
+    try:
+        write_image(path, rgb)
+    except OSError as e:
+        raise UsageError(str(e)) from None
 
 
 def save_maps(maps, out_dir, stem):

@@ -19,21 +19,7 @@ from torch.utils import data
 from iqa_plugin.distortions import AXES, DistortionEngine
 from iqa_plugin.pseudomos_cache import load_cache
 from iqa_plugin.pseudomos_ensemble import MEMBERS, NORMALIZATIONS, PseudoMOS, normalize_scores, resolve_members
-from iqa_plugin.utils.image import list_images, read_image
-
-
-def _quantise8(x):
-    return np.round(x * 255.0).astype(np.float32) / np.float32(255.0)
-
-
-def _image_paths(dataroot):
-    roots = dataroot if isinstance(dataroot, (list, tuple)) else [dataroot]
-    paths = []
-    for r in roots:
-        paths.extend(list_images(r))  # FileNotFoundError names a missing folder
-    if not paths:
-        raise ValueError(f'no images found in {", ".join(str(r) for r in roots)}')
-    return paths
+from iqa_plugin.utils.image import image_paths, quantise8, read_image
 
 
 @DATASET_REGISTRY.register()
@@ -104,7 +90,7 @@ class PseudoMOSDataset(data.Dataset):
             raise ValueError('PseudoMOSDataset needs dataroot (image folder) or cache_file')
         if self.normalize not in ('zscore', 'rank'):
             raise ValueError(f"normalize on the fly must be 'zscore' or 'rank' (per group), got '{self.normalize}'")
-        self.paths = _image_paths(self.opt['dataroot'])
+        self.paths = image_paths(self.opt['dataroot'])
         self.axes = AXES
         self.patch_size = int(self.opt.get('patch_size', 128))
         self.group_size = int(self.opt.get('group_size', 8))
@@ -150,7 +136,7 @@ class PseudoMOSDataset(data.Dataset):
                              interpolation=cv2.INTER_CUBIC)
             h, w = img.shape[:2]
         top, left = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
-        return _quantise8(np.clip(img[top:top + p, left:left + p], 0.0, 1.0))
+        return quantise8(img[top:top + p, left:left + p])
 
     def _fly_item(self, index):
         rng = np.random.default_rng([self.seed, index])
@@ -169,7 +155,7 @@ class PseudoMOSDataset(data.Dataset):
             results = [self.engine.sample(ref, rng=rng) for _ in range(n)]
             tier = torch.full((n,), -1, dtype=torch.long)
             chain = torch.full((n,), -1, dtype=torch.long)
-        dist = torch.from_numpy(np.stack([_quantise8(d) for d, _, _ in results]).transpose(0, 3, 1, 2).copy())
+        dist = torch.from_numpy(np.stack([quantise8(d) for d, _, _ in results]).transpose(0, 3, 1, 2).copy())
         ref_t = torch.from_numpy(np.ascontiguousarray(ref.transpose(2, 0, 1)))
         item = {'ref': ref_t, 'dist': dist, 'tier': tier, 'chain': chain, 'ref_path': str(path), 'index': index}
         if self.return_maps:

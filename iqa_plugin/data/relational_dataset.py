@@ -23,24 +23,9 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from iqa_plugin.distortions import AXES, DistortionEngine
-from iqa_plugin.utils.image import list_images, read_image
+from iqa_plugin.utils.image import image_paths, quantise8, read_image
 
 MODES = ('pairs', 'tiers', 'sets')
-
-
-def _quantise8(x):
-    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.float32) / np.float32(255.0)
-
-
-def image_paths(dataroot):
-    """Sorted image files of one folder or a list of folders (FileNotFoundError names a missing one)."""
-    roots = dataroot if isinstance(dataroot, (list, tuple)) else [dataroot]
-    paths = []
-    for r in roots:
-        paths.extend(list_images(r))
-    if not paths:
-        raise ValueError(f'no images found in {", ".join(str(r) for r in roots)}')
-    return paths
 
 
 @DATASET_REGISTRY.register()
@@ -109,7 +94,7 @@ class RelationalTripletDataset(data.Dataset):
         patch = img[top:top + p, left:left + p]
         if self.use_flip and rng.random() < 0.5:
             patch = patch[:, ::-1]
-        return _quantise8(np.ascontiguousarray(patch))
+        return quantise8(np.ascontiguousarray(patch))
 
     def __getitem__(self, index):
         if not 0 <= index < self._length:
@@ -126,7 +111,7 @@ class RelationalTripletDataset(data.Dataset):
         else:
             results = self.engine.make_tiers(ref, self.n_tiers, rng=rng)
             tier = torch.arange(self.n_tiers)
-        dist = np.stack([_quantise8(d) for d, _, _ in results]).transpose(0, 3, 1, 2)
+        dist = np.stack([quantise8(d) for d, _, _ in results]).transpose(0, 3, 1, 2)
         maps = np.stack([m for _, m, _ in results])
         return {'ref': torch.from_numpy(np.ascontiguousarray(ref.transpose(2, 0, 1))),
                 'dist': torch.from_numpy(np.ascontiguousarray(dist)), 'maps': torch.from_numpy(maps),

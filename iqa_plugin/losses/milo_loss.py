@@ -39,6 +39,7 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from iqa_plugin.losses.frozen_iqa import FrozenIQALoss
+from iqa_plugin.scoring import freeze
 
 _SCHEDULES = ('linear', 'cosine', 'step')
 _CURRICULUM_KEYS = ('schedule', 'start', 'end', 'steps', 'min_weight')
@@ -263,9 +264,7 @@ class MILOLatentLoss(_MILOLossBase):
         if shift_factor is None:
             shift_factor = getattr(encoder, 'shift_factor', None)
         if isinstance(encoder, nn.Module):
-            encoder.eval()
-            for p in encoder.parameters():
-                p.requires_grad_(False)
+            freeze(encoder)
         object.__setattr__(self, '_encoder', encoder)
         self._encoder_scale = float(scaling_factor)
         self._encoder_shift = float(shift_factor or 0.0)
@@ -373,11 +372,7 @@ def _load_encoder(spec):
             kwargs = {'torch_dtype': dtype}
             if spec.get('subfolder'):
                 kwargs['subfolder'] = spec['subfolder']
-            vae = AutoencoderKL.from_pretrained(spec['path'], **kwargs)
-            vae.eval()
-            for p in vae.parameters():
-                p.requires_grad_(False)
-            _encoder_cache[key] = vae
+            _encoder_cache[key] = vae = freeze(AutoencoderKL.from_pretrained(spec['path'], **kwargs))
     config = getattr(vae, 'config', None)
     scale = _config_value(config, 'scaling_factor')
     shift = _config_value(config, 'shift_factor')

@@ -13,6 +13,7 @@ import torch
 
 from iqa_plugin.label_free import augment_group, random_crop_group
 from iqa_plugin.models.metric_train_base import MetricTrainModel
+from iqa_plugin.scoring import freeze
 from iqa_plugin.utils.ranking import correlation_report
 
 
@@ -63,9 +64,7 @@ class LabelFreeModel(MetricTrainModel):
         if self.ema_decay > 0:
             self.net_g_ema = build_network({**self.arch_defaults, **dict(self.opt['network_g'])}).to(self.device)
             self.model_ema(0)  # copy net_g
-            self.net_g_ema.eval()
-            for p in self.net_g_ema.parameters():
-                p.requires_grad_(False)
+            freeze(self.net_g_ema)
         self.augment = bool(train_opt.get('augment', True))
         self.crop_size = int(train_opt.get('crop_size') or 0)
         params = [p for p in self.net_g.parameters() if p.requires_grad]

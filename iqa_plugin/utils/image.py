@@ -51,6 +51,39 @@ def list_images(folder):
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+def image_paths(dataroot):
+    """Sorted image files of one folder or a list of folders (FileNotFoundError names a missing one;
+    ValueError when there is none)."""
+    roots = dataroot if isinstance(dataroot, (list, tuple)) else [dataroot]
+    paths = []
+    for r in roots:
+        paths.extend(list_images(r))
+    if not paths:
+        raise ValueError(f'no images found in {", ".join(str(r) for r in roots)}')
+    return paths
+
+
+def quantise8(img):
+    """A float image as an 8-bit file stores it, back in float32: clipped to [0, 1], rounded to k / 255."""
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.float32) / np.float32(255.0)
+
+
+def write_image(path, rgb):
+    """Write an HWC RGB image (uint8, or float in [0, 1]: clipped, rounded) as an 8-bit file such as a PNG.
+
+    The parent folder is created; OSError when the file cannot be written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rgb.dtype != np.uint8:
+        rgb = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    try:
+        ok = cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
+    except cv2.error as e:  # no writer for the extension
+        raise OSError(f'cannot write {path}: {str(e).strip().splitlines()[-1]}') from None
+    if not ok:
+        raise OSError(f'cannot write {path}')
+
+
 def bgr_uint8_to_tensor(img, device=None):
     """BasicSR's HWC BGR image (uint8 in [0, 255], or float in [0, 255]) -> (1, 3, H, W) RGB in [0, 1]."""
     if not isinstance(img, np.ndarray):
