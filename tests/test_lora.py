@@ -130,15 +130,19 @@ def test_adapter_checkpoint_much_smaller_than_full(tmp_path):
     base_path = tmp_path / 'big.pth'
     save_base(base_path, big)
     model = NRIQAFinetuneModel(model_opt(tmp_path, base_path, big, {'rank': 2, 'alpha': 2}))
+    model.feed_data(batch())
+    model.optimize_parameters(1)  # a step: the optimizer now holds state for every tensor it trains
     model.save(0, 1)
     adapter = os.path.getsize(tmp_path / 'models' / 'net_g_1.pth')
     full = os.path.getsize(base_path)
     assert adapter < full / 5, (adapter, full)
+    n_lora = sum(1 for n, _ in model.net_g.named_parameters() if 'lora_' in n)
+    n_all = sum(1 for _ in model.net_g.parameters())
+    assert 0 < n_lora < n_all
     state = torch.load(tmp_path / 'states' / '1.state', weights_only=False)
-    n_opt = sum(len(s['state']) for s in state['optimizers'])
-    assert n_opt == 0 or n_opt == sum(1 for n, _ in model.net_g.named_parameters() if 'lora_' in n)
-    assert len(state['optimizers'][0]['param_groups'][0]['params']) == \
-        sum(1 for n, _ in model.net_g.named_parameters() if 'lora_' in n)
+    assert len(state['optimizers']) == 1
+    assert len(state['optimizers'][0]['state']) == n_lora  # Adam's moments of the adapters, nothing else
+    assert len(state['optimizers'][0]['param_groups'][0]['params']) == n_lora
 
 
 def test_resume_continues_like_uninterrupted(rrdb_base, tmp_path):
@@ -229,6 +233,18 @@ def test_bad_targets_rank_and_base(rrdb_base, tmp_path):
     with pytest.raises(lora.LoRAError, match='conv_body'):  # conv_body: 8 -> 8 channels, 3x3: at most 8
         lora.inject_lora(ok, rank=9, target_modules=['conv_body'])
     assert not lora.is_lora(ok)  # nothing injected on failure
+
+
+@pytest.mark.parametrize('train_extra', [{'ema_decay': 0.999}, {'amp': 'fp8'}, {'lora': {'rank': 2, 'bogus': 1}}])
+def test_preflight_and_model_share_one_check(rrdb_base, tmp_path, train_extra):
+    """The pre-flight and the model construction refuse a bad train block with the same one line (one function)."""
+    base_path, _ = rrdb_base
+    opt = model_opt(tmp_path, base_path)
+    opt['train'].update(train_extra)
+    msg = _preflight(opt)
+    with pytest.raises(lora.LoRAError) as e:
+        NRIQAFinetuneModel(opt)
+    assert str(e.value) in msg
 
 
 def test_adapter_of_another_base_is_refused(rrdb_base, tmp_path):

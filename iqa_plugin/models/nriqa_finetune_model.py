@@ -47,6 +47,26 @@ from iqa_plugin.models.multigt_model import MultiGTMixin
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
+def amp_dtype(amp):
+    """The autocast dtype of ``train.amp``: None for none/fp32, else bf16 or fp16; LoRAError otherwise."""
+    if amp in (None, False, 'none', 'fp32'):
+        return None
+    if amp in AMP_DTYPES:
+        return AMP_DTYPES[amp]
+    raise lora.LoRAError(f"train.amp must be bf16, fp16 or none, got {amp!r}")
+
+
+def check_train_options(train):
+    """The checks of the ``train`` block that the pre-flight and the model share (``train.lora``, ``train.amp``,
+    no EMA with LoRA); returns the LoRA options (``lora.lora_options``)."""
+    opts = lora.lora_options(train.get('lora'))
+    amp_dtype(train.get('amp'))
+    if opts['enabled'] and float(train.get('ema_decay', 0) or 0) > 0:
+        raise lora.LoRAError('train.ema_decay must be 0 with LoRA (the adapters are the trained state); '
+                             'set ema_decay: 0 or lora.enabled: false')
+    return opts
+
+
 class DynamicLossScale:
     """fp16 loss scaling through the optimizer's step pre-hook (BasicSR's step has no GradScaler seam).
 
@@ -145,12 +165,9 @@ class LoRAFinetuneMixin:
 
     # ------------------------------------------------------------------ training set-up
     def init_training_settings(self):
-        opts = self.lora_options()
         train_opt = self.opt['train']
+        opts = check_train_options(train_opt)
         if opts['enabled']:
-            if float(train_opt.get('ema_decay', 0) or 0) > 0:
-                raise lora.LoRAError('train.ema_decay must be 0 with LoRA (the adapters are the trained state); '
-                                     'set ema_decay: 0 or lora.enabled: false')
             self._inject_or_check(opts)
         elif self._lora_meta is not None:
             raise lora.LoRAError('path.pretrain_network_g is a LoRA adapter but train.lora.enabled is false; '
@@ -185,13 +202,7 @@ class LoRAFinetuneMixin:
             self.net_g = self.model_to_device(bare)
 
     def _setup_precision(self, train_opt):
-        amp = train_opt.get('amp')
-        if amp in (None, False, 'none', 'fp32'):
-            self._amp = None
-        elif amp in AMP_DTYPES:
-            self._amp = AMP_DTYPES[amp]
-        else:
-            raise lora.LoRAError(f"train.amp must be bf16, fp16 or none, got {amp!r}")
+        self._amp = amp_dtype(train_opt.get('amp'))
         self._loss_scale = DynamicLossScale([]) if self._amp is torch.float16 else None
         self._channels_last = bool(train_opt.get('channels_last', False)) and self.device.type == 'cuda'
         if self._channels_last:
@@ -291,15 +302,11 @@ def check_options(opt, is_train=True):
     train = opt.get('train') or {}
     if not is_train:
         return
-    opts = lora.lora_options(train.get('lora'))
-    if train.get('amp') not in (None, False, 'none', 'fp32', *AMP_DTYPES):
-        raise lora.LoRAError(f"train.amp must be bf16, fp16 or none, got {train.get('amp')!r}")
+    opts = check_train_options(train)
     if train.get('gan_opt') and not opt.get('network_d'):
         raise lora.LoRAError('train.gan_opt needs a network_d block (the GAN term trains a discriminator)')
     if not opts['enabled']:
         return
-    if float(train.get('ema_decay', 0) or 0) > 0:
-        raise lora.LoRAError('train.ema_decay must be 0 with LoRA (the adapters are the trained state)')
     net = lora.build_network_cpu(opt['network_g'])
     path = (opt.get('path') or {}).get('pretrain_network_g')
     if path:
