@@ -5,8 +5,9 @@
                                                   steps; nothing is downloaded
     python scripts/gpu_check.py report OUT [--work WORK] [--gpu NAME] [--gpus N] [--python PY]
                                                   OUT/report.md and OUT/report.json from OUT/steps.tsv and
-                                                  OUT/logs/*.log (each bench's JSON last line, pytest's
-                                                  summary, the demo's validation table, the training logs)
+                                                  OUT/steps.log (each bench's JSON last line, pytest's
+                                                  summary, the demo's validation table) and the training
+                                                  logs under WORK
 
 ``report`` needs only the standard library; its exit status is 1 when a step failed, else 0.
 """
@@ -122,6 +123,20 @@ def setup(work):
 
 
 # ---------------------------------------------------------------------------------------------- report
+def log_sections(path):
+    """step -> its output, from steps.log (sections start with a line ``===== step NAME =====``)."""
+    sections, name = {}, None
+    text = Path(path).read_text(errors='replace') if Path(path).is_file() else ''
+    for line in text.splitlines(keepends=True):
+        m = re.match(r'===== step (\S+) =====$', line.rstrip('\n'))
+        if m:
+            name = m.group(1)
+            sections[name] = ''
+        elif name is not None:
+            sections[name] += line
+    return sections
+
+
 def last_json(text):
     """The last line of ``text`` that is a JSON object, or None."""
     for line in reversed(text.splitlines()):
@@ -284,15 +299,16 @@ def report(out, work=None, gpu=None, gpus=None, python=None):
     rows = []
     tsv = out / 'steps.tsv'
     lines = tsv.read_text().splitlines()[1:] if tsv.is_file() else []
+    sections = log_sections(out / 'steps.log')
     for line in lines:
         step, status, seconds, timeout, rc, note = (line.split('\t') + [''] * 6)[:6]
-        log = out / 'logs' / f'{step}.log'
-        text = log.read_text(errors='replace') if log.is_file() else ''
+        text = sections.get(step, '')
         figures = step_figures(step, text, work) if status != 'skip' else {}
         status, extra = checks(step, status, figures)
         note = '; '.join(x for x in (note, extra) if x)
         rows.append({'step': step, 'status': status, 'seconds': int(seconds or 0), 'timeout': int(timeout or 0),
-                     'rc': rc, 'note': note, 'log': f'logs/{step}.log' if log.is_file() else None, 'figures': figures})
+                     'rc': rc, 'note': note, 'log': f'steps.log, section {step}' if text else None,
+                     'figures': figures})
     failed = [r['step'] for r in rows if r['status'] == 'fail']
     result = {'gpu': gpu, 'gpus': int(gpus) if gpus not in (None, '') else None, 'python': python,
               'total_seconds': sum(r['seconds'] for r in rows), 'passed': sum(r['status'] == 'pass' for r in rows),
@@ -300,7 +316,7 @@ def report(out, work=None, gpu=None, gpus=None, python=None):
     (out / 'report.json').write_text(json.dumps(result, indent=1))
     md = [f'# GPU check: {gpu or "?"} x{gpus or "?"}', '',
           f"{result['passed']} passed, {len(failed)} failed, {len(result['skipped'])} skipped in "
-          f"{result['total_seconds']} s (python {python or '?'}). Logs in logs/; figures in report.json.", '',
+          f"{result['total_seconds']} s (python {python or '?'}). Output of each step in steps.log; figures in report.json.", '',
           '| step | status | s | key figures | note |', '| --- | --- | ---: | --- | --- |']
     for r in rows:
         md.append(f"| {r['step']} | {r['status']} | {r['seconds']} | {summary_line(r['step'], r['figures'])} | "

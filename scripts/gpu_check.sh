@@ -4,7 +4,8 @@
 #
 #   bash scripts/gpu_check.sh [--out DIR] [--work DIR] [--budget SECONDS] [--steps A,B] [--dry-run]
 #
-#   --out DIR     logs (DIR/logs/STEP.log), report.md and report.json (default gpu_check_report/)
+#   --out DIR     report.md, report.json, steps.log (every step's output, one section each) and steps.tsv
+#                 (default gpu_check_report/); four files, so that all of them come back from a device run
 #   --work DIR    scratch folder for the generated data, option files, demo and training runs
 #                 (default: a new temporary folder, removed at the end)
 #   --budget S    wall-clock limit of all steps together (default 450); each step also has its own
@@ -50,6 +51,9 @@ for d in ../shared/weights/milo shared/weights/milo; do
         export IQA_PLUGIN_WEIGHTS_DIR=$(cd "$d" && pwd)
     fi
 done
+if [ -n "${IQA_PLUGIN_WEIGHTS_DIR:-}" ] && [ -d "$IQA_PLUGIN_WEIGHTS_DIR" ]; then  # absolute: steps run elsewhere too
+    export IQA_PLUGIN_WEIGHTS_DIR=$(cd "$IQA_PLUGIN_WEIGHTS_DIR" && pwd)
+fi
 MILO_NOTE="official MILO weights: ${IQA_PLUGIN_WEIGHTS_DIR:-not set (IQA_PLUGIN_WEIGHTS_DIR; no MILO.pth in ../shared/weights/milo or shared/weights/milo)}"
 CLI="$PY -m iqa_plugin.cli"
 
@@ -102,27 +106,48 @@ elif [ $rc != 0 ]; then
     echo "gpu_check: $PY cannot import torch: $("$PY" -c 'import torch' 2>&1 | tail -1)" >&2
     exit 2
 fi
+# the packages the steps import, and the plugin itself (its own imports: basicsr's addict, lmdb, ...)
+missing=$("$PY" - <<'PYEOF' 2>&1
+import importlib
+names = ['torch', 'torchvision', 'basicsr', 'pyiqa', 'lpips', 'peft', 'timm', 'cv2', 'yaml', 'skimage', 'pytest']
+gone = [n for n in names if importlib.util.find_spec(n) is None]
+if not gone:
+    try:
+        import iqa_plugin  # noqa: F401
+    except Exception as e:  # a dependency of a dependency
+        gone.append(f'iqa_plugin ({type(e).__name__}: {e})')
+print(', '.join(gone))
+PYEOF
+)
+if [ -n "$missing" ]; then
+    echo "gpu_check: $PY cannot import: $missing (install them, or carry wheels: docs/gpu_check.md)" >&2
+    exit 2
+fi
 NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())')
 GPU=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))')
 
-mkdir -p "$OUT/logs" || exit 2
+mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
 if [ -z "$WORK" ]; then WORK=$(mktemp -d -t iqa_gpu_check.XXXXXX); CLEAN_WORK=1; else mkdir -p "$WORK"; CLEAN_WORK=0; fi
 WORK=$(cd "$WORK" && pwd)
 export WORK
+mkdir -p "$WORK/logs"
 TSV=$OUT/steps.tsv
 printf 'step\tstatus\tseconds\ttimeout\trc\tnote\n' >"$TSV"
+: >"$OUT/steps.log"
 echo "gpu_check: $NGPU GPU(s): $GPU; $MILO_NOTE; out $OUT; work $WORK; budget $BUDGET s"
 START=$(date +%s)
 
-record() {  # name status seconds timeout rc note
+record() {  # name status seconds timeout rc note; the step's log (if any) goes into steps.log
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TSV"
     printf 'gpu_check: %-12s %-4s %5s s  %s\n' "$1" "$2" "$3" "$6"
+    { echo "===== step $1 ====="; [ -f "$WORK/logs/$1.log" ] && cat "$WORK/logs/$1.log"; echo; } >>"$OUT/steps.log"
 }
 
 for s in "${STEPS[@]}"; do
     IFS='|' read -r name limit what cmd <<<"$s"
-    log=$OUT/logs/$name.log
+    log=$WORK/logs/$name.log
+    rm -f "$log"
     if [ "$name" = ddp ] && [ "$NGPU" -lt 2 ]; then
         record ddp skip 0 "$limit" - "torch sees $NGPU GPU: two-process DDP needs 2"
         continue

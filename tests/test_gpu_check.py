@@ -54,6 +54,19 @@ def test_machine_without_cuda_says_so_and_exits_0(tmp_path):
     assert not out.exists()
 
 
+def test_missing_packages_stop_before_any_step(tmp_path):
+    """A Python with CUDA but without the plugin's dependencies: one line naming them, status 2, nothing run."""
+    fake = tmp_path / 'venv' / 'bin' / 'python'
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/bash\n[ "$1" = - ] && { cat >/dev/null; echo "basicsr, pyiqa"; exit 0; }\nexit 0\n')
+    fake.chmod(0o755)
+    out = tmp_path / 'out'
+    r = run('--out', str(out), IQA_PLUGIN_VENV=str(tmp_path / 'venv'))
+    assert r.returncode == 2
+    assert r.stderr.strip().endswith('cannot import: basicsr, pyiqa (install them, or carry wheels: docs/gpu_check.md)')
+    assert not out.exists()
+
+
 def test_setup_writes_options_that_pass_the_preflight(tmp_path):
     from iqa_plugin.utils.options_check import check_options, load_yaml
 
@@ -68,22 +81,27 @@ def test_setup_writes_options_that_pass_the_preflight(tmp_path):
     assert load_yaml(tmp_path / 'ddp' / 'ddp.yml')['dist_params']['backend'] == 'nccl'
 
 
+def write_sections(out, logs):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'steps.log').write_text(''.join(f'===== step {k} =====\n$ cmd\n{v}\n' for k, v in logs.items()))
+
+
 def _fake_run(out, work):
-    logs = out / 'logs'
-    logs.mkdir(parents=True)
+    logs = {}
     ts = {'bench': 'train-step', 'ratio': {'rrdb': {'l1': 1.0, 'vgg19': 1.4, 'milo-pseudomos': 1.03}},
           'ms': {'rrdb': {'l1': 100.0, 'vgg19': 140.0, 'milo-pseudomos': 103.0}},
           'loss_ms': {'rrdb': {'l1': 1.0, 'vgg19': 41.0, 'milo-pseudomos': 4.0}},
           'ratio_within': {'rrdb': {'l1': 1.0, 'vgg19': 1.4, 'milo-pseudomos': 1.03}},
           'step_peak_mib': {'rrdb': {'l1': 900.0, 'vgg19': 1500.0, 'milo-pseudomos': 950.0}},
           'skipped': {'milo': 'absent'}, 'goal': {'met': True, 'failures': []}, 'gpu': 'H200'}
-    (logs / 'train-step.log').write_text('rrdb: ...\nwarning\n' + json.dumps(ts) + '\n')
-    (logs / 'cuda-tests.log').write_text('..s\nSKIPPED [1] tests/test_x.py:3: needs two GPUs\n'
-                                         '2 passed, 1 skipped, 90 deselected in 12.3s\n')
-    (logs / 'demo.log').write_text('iqa-plugin demo: training swinir x4 for 200 iterations on CPU\n'
-                                   '    psnr             23.894     23.423   higher   better (+0.471)\n'
-                                   'Demo finished in 1.0 min.\n')
-    (logs / 'gt-sampling.log').write_text('no json here\n')
+    logs['train-step'] = 'rrdb: ...\nwarning\n' + json.dumps(ts) + '\n'
+    logs['cuda-tests'] = ('..s\nSKIPPED [1] tests/test_x.py:3: needs two GPUs\n'
+                          '2 passed, 1 skipped, 90 deselected in 12.3s\n')
+    logs['demo'] = ('iqa-plugin demo: training swinir x4 for 200 iterations on CPU\n'
+                    '    psnr             23.894     23.423   higher   better (+0.471)\nDemo finished in 1.0 min.\n')
+    logs['gt-sampling'] = 'no json here\n'
+    logs['ddp'] = ''
+    write_sections(out, logs)
     exp = work / 'lora' / 'experiments' / 'gpu_check_lora_bf16'
     exp.mkdir(parents=True)
     (exp / 'train_x.log').write_text(
@@ -132,8 +150,7 @@ def test_report_reads_figures_and_status(tmp_path, capsys):
     ('.s\nSKIPPED [1] tests/test_lora.py:337: needs a CUDA GPU\n1 passed, 1 skipped in 2.0s\n', 'needs a CUDA GPU')])
 def test_report_fails_when_cuda_tests_did_not_run(tmp_path, log, why):
     out = tmp_path / 'out'
-    (out / 'logs').mkdir(parents=True)
-    (out / 'logs' / 'cuda-tests.log').write_text(log)
+    write_sections(out, {'cuda-tests': log})
     (out / 'steps.tsv').write_text('step\tstatus\tseconds\ttimeout\trc\tnote\ncuda-tests\tpass\t5\t150\t0\t\n')
     assert helper().report(out) == 1
     row = json.loads((out / 'report.json').read_text())['steps'][0]
