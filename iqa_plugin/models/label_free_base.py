@@ -75,11 +75,9 @@ class LabelFreeModel(MetricTrainModel):
         self.setup_schedulers()
 
     def model_ema(self, decay=0.999):
+        super().model_ema(decay)  # BasicSR's: the parameters' moving average
         net_g = self.get_bare_model(self.net_g)
-        ema = dict(self.net_g_ema.named_parameters())
         with torch.no_grad():
-            for k, p in net_g.named_parameters():
-                ema[k].mul_(decay).add_(p.detach(), alpha=1 - decay)
             # buffers (e.g. NRLite's feature standardisation estimates) are state, not averages: copied
             ema_buffers = dict(self.net_g_ema.named_buffers())
             for k, b in net_g.named_buffers():
