@@ -132,7 +132,7 @@ def tiny_batch(tmp_path_factory):
     import cv2
 
     from basicsr.data import build_dataset
-    from tests.conftest import smooth_image
+    from conftest import smooth_image
 
     root = tmp_path_factory.mktemp('imgs')
     for i in range(2):
@@ -148,7 +148,7 @@ def tiny_batch(tmp_path_factory):
                                             ('NRLiteModel', {'type': 'NRLite', 'channels': [8, 8, 16, 16, 16],
                                                              'hidden': 16})])
 def test_tiny_training_decreases_loss(tmp_path, tiny_batch, model_type, net):
-    from tests.conftest import build_label_free_model
+    from conftest import build_label_free_model
 
     torch.manual_seed(0)
     model = build_label_free_model(tmp_path, model_type, net)

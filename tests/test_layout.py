@@ -285,3 +285,20 @@ def test_checker_finds_private_uses(toy_package):
     uses = {u[:3] for u in private_uses(toy_package)}
     assert uses == {('toy.sub.b', 'toy.c', '_secret'), ('toy.d', 'toy.c', '_secret'),
                     ('toy.d', 'toy.sub.b', '_x'), ('toy.d', 'toy.c', '_other')}
+
+
+def test_conftest_is_loaded_once():
+    """pytest imports tests/conftest.py as the module ``conftest`` (tests/ is on the path); test files import its
+    helpers the same way (``from conftest import ...``): ``tests.conftest`` would execute a second copy."""
+    import sys
+
+    tests_dir = Path(__file__).resolve().parent
+    for path in sorted(tests_dir.glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text(encoding='utf-8'))):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert 'tests.conftest' not in names and 'tests' not in names, f'{path.name}:{node.lineno}'
+    conftest = (tests_dir / 'conftest.py').resolve()
+    copies = [name for name, m in list(sys.modules.items())
+              if getattr(m, '__file__', None) and Path(m.__file__).resolve() == conftest]
+    assert copies == ['conftest'], copies

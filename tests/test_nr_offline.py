@@ -149,7 +149,7 @@ def test_hard_negatives_kinds_and_range():
 def test_nr_lite_training_with_hard_negatives_learns_to_rank_them_last(tmp_path):
     """A few steps of NRLiteModel with ``hard_weight`` (groups made by hand: noise of increasing strength
     on smooth patches, pseudo-MOS = the strength) lower the hard-negative loss."""
-    from tests.conftest import build_label_free_model, smooth_image
+    from conftest import build_label_free_model, smooth_image
 
     torch.manual_seed(0)
     ref = torch.stack([torch.from_numpy(smooth_image(32, 32, seed=i).astype(np.float32) / 255.0).permute(2, 0, 1)

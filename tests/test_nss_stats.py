@@ -104,7 +104,7 @@ def test_nr_lite_needs_a_branch():
 
 
 def test_ema_copy_carries_the_standardisation_buffers(tmp_path):
-    from tests.conftest import build_label_free_model
+    from conftest import build_label_free_model
 
     model = build_label_free_model(tmp_path, 'NRLiteModel',
                                    {'type': 'NRLite', 'channels': [8, 8, 16, 16, 16], 'hidden': 16, 'nss': True},
