@@ -118,8 +118,9 @@ def test_summary_shows_bicubic_next_to_each_metric(short_run):
 
 
 def test_demo_nr_lite_validator_ranks_hr_over_bicubic_over_degenerate():
-    """The demo's nr_lite validator must report sensible values (issue 12): on every demo validation crop the
-    HR scores above its x4 bicubic down-up version, which scores above flat grey and black images."""
+    """The demo's nr_lite validator must report sensible values (0.1.0 rated black images high): on every demo
+    validation crop the HR scores above its x4 bicubic down-up version, which scores above flat grey and black
+    images."""
     import torch
 
     from iqa_plugin.nriqa import score_candidates

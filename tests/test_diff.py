@@ -1,4 +1,4 @@
-"""``iqa-plugin diff`` and ``val.axis_report`` (issue 24): what changed between two sets of outputs, axis by axis.
+"""``iqa-plugin diff`` and ``val.axis_report``: what changed between two sets of outputs, axis by axis.
 
 * held-out photos (scikit-image's bundled ones; the relational network was trained on CBSD68 only) blurred, noised,
   JPEG-compressed and darkened with OpenCV / PIL directly (not the distortion engine): ``diff --json`` names the

@@ -1,4 +1,4 @@
-"""GPU-correct by construction, tested on a CPU (issue 21, part 3).
+"""GPU-correct by construction, tested on a CPU (cache keys, precision, host syncs).
 
 * one cache entry per device: ``'cuda'``, ``'cuda:0'`` and the current CUDA device are one network, and the
   CPU copy a loss builds at construction (the pre-flight) is released once the scorer lives elsewhere;

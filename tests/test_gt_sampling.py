@@ -1,4 +1,4 @@
-"""GT selection strategies of multi-GT training (iqa_plugin.models.gt_sampling, issue 17)."""
+"""GT selection strategies of multi-GT training (iqa_plugin.models.gt_sampling)."""
 import io
 
 import numpy as np

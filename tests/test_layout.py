@@ -239,7 +239,7 @@ def test_no_private_names_across_modules():
 
 
 def test_layout_of_the_reworked_modules():
-    """The splits of issue #16 item 3 that are done: the distortion package, the pseudo-MOS layers."""
+    """The module splits that are done: the distortion package, the pseudo-MOS layers."""
     modules, edges = import_graph(PACKAGE_DIR)
     for sub in ('ops', 'masks', 'engine', 'cli'):
         assert f'iqa_plugin.distortions.{sub}' in modules
@@ -302,3 +302,20 @@ def test_conftest_is_loaded_once():
     copies = [name for name, m in list(sys.modules.items())
               if getattr(m, '__file__', None) and Path(m.__file__).resolve() == conftest]
     assert copies == ['conftest'], copies
+
+
+def test_no_issue_tracker_references():
+    """Code, docs and tests say what a thing is, not which tracker entry asked for it (a tracker number, with or
+    without '#', or 'the' tracker entry's goals): a reader of the repository cannot see the tracker."""
+    import re
+
+    word = 'iss' + 'ue'  # spelled apart so that this test does not match itself
+    pattern = re.compile(rf'\b{word}s?\s*#?\d|\({word}\b|\bthe {word}\b|{word}-\d|#\d+ item', re.IGNORECASE)
+    root = PACKAGE_DIR.parent
+    files = [root / 'README.md', *root.joinpath('docs').rglob('*.md'), *root.joinpath('docs').rglob('*.py')]
+    for folder in ('iqa_plugin', 'tests', 'scripts', 'integrations', 'options'):
+        files += [p for p in root.joinpath(folder).rglob('*') if p.suffix in ('.py', '.md', '.sh', '.yml', '.yaml')]
+    hits = [f'{p.relative_to(root)}:{i}: {line.strip()}' for p in files
+            for i, line in enumerate(p.read_text(encoding='utf-8', errors='replace').splitlines(), 1)
+            if pattern.search(line)]
+    assert len(files) > 100 and not hits, '\n'.join(hits)

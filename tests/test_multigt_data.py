@@ -1,4 +1,4 @@
-"""Multi-GT data (issue 17): HGGT majority vote, layout scanning and bad input, ``MultiGTDataset`` items
+"""Multi-GT data: HGGT majority vote, layout scanning and bad input, ``MultiGTDataset`` items
 (shared crop/augmentation, LQ modes, require_positive, val phase, collation) and ``make-multigt``.
 
 The sets are made at test time by ``iqa-plugin make-multigt`` from a few synthetic 64-96 px images."""

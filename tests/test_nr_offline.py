@@ -1,5 +1,5 @@
 """Offline NR scorers must rate degenerate images (flat, constant, black/white, pure noise, heavy blur,
-posterised) below clean photos (issue 12). Images are made at test time: scikit-image's bundled photos,
+posterised) below clean photos. Images are made at test time: scikit-image's bundled photos,
 centre-cropped and resized to 192 px (not the held-out set of docs/scripts/eval_nr_offline.py).
 
 ``niqe-fitted`` (the NIQE pristine model fitted on ../shared's training photos) must keep the ordering for
@@ -71,7 +71,7 @@ NIQE_KNOWN_FAILURES = {'blur_s8'}
 @pytest.mark.parametrize('kind', DEGENERATE)
 def test_niqe_fitted_ranks_degenerate_images_below_clean_photos(images, kind):
     if kind in NIQE_KNOWN_FAILURES:
-        pytest.xfail('issue 12: fitted NIQE rates a heavy blur above a smooth clean photo')
+        pytest.xfail('known limit (docs/nriqa.md): fitted NIQE rates a heavy blur above a smooth clean photo')
     assert violations(get_cached_metric('niqe-fitted'), images, only=[kind]) == []
 
 

@@ -62,7 +62,7 @@ def test_failed_start_writes_nothing(tmp_path, tiny_sr):
 
 
 def test_missing_official_weights_fail_before_anything_is_written(tmp_path, tiny_sr):
-    """The README's validator snippet without the official MILO weights (issue #11 item 2): the start fails
+    """The README's validator snippet without the official MILO weights: the start fails
     at once with one line naming the file, its URL and the folders searched; the previous run's folder is
     neither archived nor touched."""
     opt = write_tiny_options(tmp_path / 'run.yml', tiny_sr, name='keep_me', iters=2, val_freq=2,

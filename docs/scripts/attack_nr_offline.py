@@ -1,4 +1,4 @@
-"""Gradient ascent on an offline NR scorer's score (issue 12): does optimising it improve images or game it?
+"""Gradient ascent on an offline NR scorer's score (docs/nriqa.md): does optimising it improve images or game it?
 
     OMP_NUM_THREADS=1 .venv/bin/python docs/scripts/attack_nr_offline.py \\
         [--metric nr-lite] [--weights FILE ...] [--steps 200] [--lr 1e-3] [--photos 3] [--save-dir DIR]
@@ -6,7 +6,7 @@
 
 Each start image is optimised alone (a batch of independent images: the loss is the sum of the
 per-image scores and Adam's update is per pixel): ``x <- clamp(x + Adam step on the score, 0, 1)``,
-``--steps`` steps (200), Adam with ``--lr`` 1e-3 on the pixels (the issue's "SR-training step size";
+``--steps`` steps (200), Adam with ``--lr`` 1e-3 on the pixels (an SR-training step size;
 ``--lr`` changes it, the same for every attacked scorer so that their rows compare). Why this size:
 Adam normalises each pixel's gradient, so every pixel moves by about ``lr`` per step whatever the
 scorer's gradient scale: 1e-3 is a quarter of an 8-bit level per step, so 200 steps move a pixel by at

@@ -1,4 +1,4 @@
-"""Evaluate offline no-reference scorers on held-out photos (issue 12): one Markdown table per scorer set.
+"""Evaluate offline no-reference scorers on held-out photos (docs/nriqa.md): one Markdown table per scorer set.
 
     OMP_NUM_THREADS=2 .venv/bin/python docs/scripts/eval_nr_offline.py \\
         [--niqe-fitted FILE] [--nr-lite-candidate FILE ...] [--old-nr-lite FILE | none]
@@ -28,7 +28,7 @@ higher = better, so lower-better metrics are negated):
   contrast, light unsharp or contrast increase) and a Negative a visible degradation (strong
   over-sharpening or ringing, noise, blur, saturation/desaturation or a colour cast), each annotator
   reporting a neighbouring class with probability 0.2. ``pick pos>neg`` is the fraction of (Positive,
-  Negative) candidate pairs within a group where the Positive scores strictly higher (issue goal >= 0.8;
+  Negative) candidate pairs within a group where the Positive scores strictly higher (goal >= 0.8;
   ``pick pairs / groups`` gives the counts), ``pick argmax pos`` the fraction of groups (among those with
   both a Positive and a Negative) whose best-scored candidate (the original excluded) is a Positive.
 

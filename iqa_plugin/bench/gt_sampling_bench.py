@@ -9,7 +9,7 @@ original/positive/negative/similar) and, for AMO, the scoring-table scorer (defa
 * ``upos`` (baseline): HGGT's uniform choice among the positives;
 * ``amo`` (ours): argmax of the scorer over every candidate crop.
 
-Networks: ``rrdb`` = BasicSR's RRDBNet x4 as in ESRGAN (64 features, 23 blocks; the issue's setting with B=4,
+Networks: ``rrdb`` = BasicSR's RRDBNet x4 as in ESRGAN (64 features, 23 blocks; the target setting with B=4,
 S=128, N=5) and ``small`` = RRDBNet x4 with 32 features, 4 blocks. The variants alternate round by round so
 load from other processes hits both alike; each figure is the median over ``--repeats`` rounds after one
 warm-up round. ``scorer_share`` is the median time of AMO's ``choose`` (scoring + argmax) over the median
@@ -111,7 +111,7 @@ def run_arch(arch, args, device):
 def main(argv=None):
     p = argparse.ArgumentParser(prog='iqa-plugin bench gt-sampling', description=__doc__.split('\n')[0])
     p.add_argument('--arch', choices=['small', 'rrdb', 'both'], default='both',
-                   help='SR network(s): small, rrdb (ESRGAN RRDBNet, the issue setting) or both (default)')
+                   help='SR network(s): small, rrdb (ESRGAN RRDBNet, the target setting) or both (default)')
     p.add_argument('--batch', type=int, default=4, help='B (default 4)')
     p.add_argument('--candidates', type=int, default=5, help='N GT candidates incl. the original (default 5)')
     p.add_argument('--size', type=int, default=128, help='GT crop side S (default 128)')

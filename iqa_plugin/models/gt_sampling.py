@@ -1,4 +1,4 @@
-"""Ground-truth selection strategies for multi-GT SR training (issue 17).
+"""Ground-truth selection strategies for multi-GT SR training (docs/multigt.md).
 
 Every training sample carries N ground-truth candidates (``MultiGTDataset``: index 0 the original, then
 the enhanced versions, each with a label). A strategy picks one candidate per sample every iteration:

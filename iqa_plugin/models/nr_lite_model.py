@@ -15,7 +15,7 @@ Objective:
   comparable between images, which an NR metric needs;
 * ``anchor``: ``(logit(ref) - logit(ref_target))^2`` for the pristine references, which pins the
   top of the (0, 1) scale (quality = sigmoid(logit));
-* ``hard`` (issue 12, off unless ``hard_weight > 0``): ``hard_per_group`` hard negatives made from
+* ``hard`` (against degenerate images; off unless ``hard_weight > 0``): ``hard_per_group`` hard negatives made from
   each reference patch (``hard_negatives``: constant mean colour, black or white, heavy blur,
   3-level posterisation, uniform noise, over-sharpening halos) must score below every image of
   their group: RankNet loss on every (group image, hard negative) pair. The pseudo-MOS ensemble
