@@ -71,6 +71,15 @@ def _isolated_torch_home(tmp_path, monkeypatch):
     monkeypatch.delenv('IQA_PLUGIN_WEIGHTS_DIR', raising=False)
 
 
+@pytest.fixture
+def empty_weights_dir(tmp_path, monkeypatch):
+    """An empty folder as ``$IQA_PLUGIN_WEIGHTS_DIR`` (the first place the weights manager looks)."""
+    d = tmp_path / 'weights_dir'
+    d.mkdir()
+    monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(d))
+    return d
+
+
 def smooth_image(h, w, seed=0):
     """A deterministic smooth colour image, uint8 HWC RGB."""
     import cv2

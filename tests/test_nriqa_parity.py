@@ -49,14 +49,6 @@ def no_network(monkeypatch):
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
 
 
-@pytest.fixture
-def wdir(tmp_path, monkeypatch):
-    path = tmp_path / 'weights'
-    path.mkdir()
-    monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(path))
-    return path
-
-
 def filenames(name):
     from iqa_plugin.nriqa import metric_info
     return [wf.filename for wf in metric_info(name).files()]
@@ -204,12 +196,12 @@ def other_weights(ours, name):
 
 
 @pytest.mark.parametrize('name', METRICS)
-def test_parity_with_pyiqa_on_identical_weights(name, wdir, tmp_path, monkeypatch):
+def test_parity_with_pyiqa_on_identical_weights(name, empty_weights_dir, tmp_path, monkeypatch):
     if name == 'qalign':
         pytest.skip('qalign: its weights are the 7B-parameter HuggingFace model q-future/one-align, which cannot '
                     'be made or downloaded here')
     spec = scoring.get_spec(name)
-    theirs = reference(name, wdir, tmp_path, monkeypatch)
+    theirs = reference(name, empty_weights_dir, tmp_path, monkeypatch)
     torch.manual_seed(123)  # ours must not depend on the random state: everything comes from the files
     ours = scoring.create_metric(name)
     assert ours.pretrained and ours.kind == spec.kind
@@ -240,7 +232,7 @@ def test_weight_free_fr_metrics_equal_pyiqa(name):
     assert float((want[0] - want[1]).abs()) > 10 * tol, want
 
 
-def test_lpips_calibration_falls_back_to_the_lpips_package(wdir, monkeypatch):
+def test_lpips_calibration_falls_back_to_the_lpips_package(empty_weights_dir, monkeypatch):
     """With only the AlexNet file here, the LPIPS row takes its calibration from the ``lpips`` package, and
     scores as the ``lpips`` package's own LPIPS v0.1 on the same backbone (0 for identical images)."""
     import lpips
@@ -248,7 +240,7 @@ def test_lpips_calibration_falls_back_to_the_lpips_package(wdir, monkeypatch):
 
     torch.manual_seed(3)
     alex = torchvision.models.alexnet(weights=None)
-    torch.save(alex.state_dict(), wdir / filenames('lpips')[1])
+    torch.save(alex.state_dict(), empty_weights_dir / filenames('lpips')[1])
     ok, why = scoring.available_offline('lpips')
     assert ok, why
     ours = scoring.create_metric('lpips')

@@ -18,14 +18,6 @@ MILO_URL = 'https://github.com/ugurcogalan06/MILO/raw/main/weights/MILO.pth'
 README_MILO = '    milo: {type: calculate_milo, better: lower}'
 
 
-@pytest.fixture
-def empty_weights_dir(tmp_path, monkeypatch):
-    d = tmp_path / 'weights_dir'
-    d.mkdir()
-    monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(d))
-    return d
-
-
 def check(opt, **kwargs):
     from iqa_plugin.utils.options_check import check_options
     return check_options(opt, **kwargs)
