@@ -167,17 +167,22 @@ def load_into(module, sd, path, strip_prefix=''):
         raise wm.WeightsError(f'weights file {path} does not hold a state dict (got {type(sd).__name__})')
     if strip_prefix:
         sd = {k[len(strip_prefix):]: v for k, v in sd.items() if k.startswith(strip_prefix)}
+    _check_covers(module, sd, path, module.__class__.__name__)
+    module.load_state_dict({k: sd[k] for k in module.state_dict()}, strict=True)
+
+
+def _check_covers(module, sd, path, what):
+    """Every tensor of ``module`` is in ``sd`` with its shape, else ``WeightsError`` naming ``path``."""
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     if missing:
         raise wm.WeightsError(f'weights file {path} lacks {len(missing)} of {len(own)} tensors of '
-                              f'{module.__class__.__name__} (first: {missing[0]}); wrong file for this metric?')
+                              f'{what} (first: {missing[0]}); wrong file for this metric?')
     bad = [k for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
     if bad:
         k = bad[0]
         raise wm.WeightsError(f'weights file {path}: {k} has shape {tuple(sd[k].shape)}, '
                               f'expected {tuple(own[k].shape)}')
-    module.load_state_dict({k: sd[k] for k in own}, strict=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,19 +334,6 @@ def _in_pyiqa_layout(path, tmp, params_key):
     return out, sd
 
 
-def _check_covers(net, sd, path, metric_name):
-    """Every tensor of ``net`` is in ``sd`` with its shape (pyiqa loads some files with ``strict=False``)."""
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    if missing:
-        raise wm.WeightsError(f'weights file {path} lacks {len(missing)} of {len(own)} tensors of '
-                              f"pyiqa's {metric_name} (first: {missing[0]}); wrong file for this metric?")
-    bad = [k for k in own if tuple(sd[k].shape) != tuple(own[k].shape)]
-    if bad:
-        raise wm.WeightsError(f'weights file {path}: {bad[0]} has shape {tuple(sd[bad[0]].shape)}, expected '
-                              f'{tuple(own[bad[0]].shape)}')
-
-
 def _build_from_state_dict(metric_name, paths, tmp, as_loss, explicit):
     """musiq, nima, topiq_nr, paq2piq, liqe: one file, ``pretrained_model_path``."""
     options = dict(_CREATE_OPTIONS.get(metric_name, {}))
@@ -358,8 +350,8 @@ def _build_from_state_dict(metric_name, paths, tmp, as_loss, explicit):
             if sd is None:
                 raise
             raise _load_error(paths[0], metric_name, e) from e
-    if sd is not None:
-        _check_covers(net, sd, paths[0], metric_name)
+    if sd is not None:  # pyiqa loads some of these files with strict=False
+        _check_covers(net, sd, paths[0], f"pyiqa's {metric_name}")
     return net
 
 

@@ -463,3 +463,15 @@ def test_nr_lite_scorer_loads_basicsr_checkpoint(tmp_path):
     torch.testing.assert_close(s(x)['nr-lite'], net.eval()(x))
     via_table = scoring.create_metric('nr-lite', weights_path=str(path))
     torch.testing.assert_close(via_table(x)['nr-lite'], net(x))
+
+
+def test_file_pyiqa_loads_non_strictly_must_still_hold_every_tensor(empty_weights_dir):
+    """pyiqa loads DISTS's (and LPIPS's, TOPIQ's) file with strict=False: a file without the calibrated tensors
+    would leave random ones; it is refused naming the file and the tensor."""
+    import torchvision
+
+    calibration, backbone = metric_info('dists').files()
+    torch.save(torchvision.models.vgg16(weights=None).state_dict(), empty_weights_dir / backbone.filename)
+    torch.save({'alpha': torch.rand(1, 1475, 1, 1)}, empty_weights_dir / calibration.filename)
+    with pytest.raises(wm.WeightsError, match=f'{calibration.filename} lacks beta'):
+        scoring.create_metric('dists')
