@@ -570,6 +570,15 @@ class NRScorer(nn.Module):
         self.register_buffer('_device_probe', torch.empty(0), persistent=False)
         self.eval()
 
+    @classmethod
+    def for_row(cls, name, net, **overrides):
+        """The scorer of scoring-table row ``name`` around ``net``: direction, score range, minimum side and loss
+        refusal are the row's (``overrides`` for options that change them, e.g. a score range)."""
+        spec = METRICS[name]
+        facts = {'lower_better': spec.lower_better, 'score_range': spec.score_range, 'min_size': spec.min_size,
+                 'loss_capable': spec.loss_capable, **overrides}
+        return cls(name, net, **facts)
+
     def train(self, mode=True):
         """Always eval: the wrapped network is a frozen metric."""
         return super().train(False)
@@ -675,8 +684,7 @@ def build_pyiqa_scorer(device=None, metric_name='musiq', weights_path=None, pret
     with tempfile.TemporaryDirectory(prefix='iqa_plugin_pyiqa_') as tmp:
         net = _builder(metric_name)(paths, tmp, as_loss, bool(weights_path))
     cls = FRScorer if spec.kind == 'fr' else NRScorer
-    scorer = cls(metric_name, net, spec.lower_better, spec.score_range, spec.min_size, spec.loss_capable,
-                 batch_one=metric_name == 'qalign')  # Q-Align scores one image per call
+    scorer = cls.for_row(metric_name, net, batch_one=metric_name == 'qalign')  # Q-Align scores one image per call
     scorer.pretrained = bool(pretrained or weights_path)
     return scorer.to(device)
 

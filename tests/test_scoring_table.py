@@ -60,3 +60,24 @@ def test_lpips_and_dists_need_their_files_and_name_them(name):
     assert wf.filename in why and str(searched[-1]) in why
     if name == 'lpips':
         assert [p.name for p in found] == ['alex.pth'] and wf.subdir == 'checkpoints'
+
+
+@pytest.mark.parametrize('name', ['nr-lite', 'niqe-fitted', 'relational', 'milo-pseudomos', 'nlpd', 'paq2piq'])
+def test_built_scorers_carry_the_rows_facts(name):
+    """A scorer built by a row's factory reports the row's kind and direction, and (where it has them) its
+    minimum side and score range: the factories take them from the table, not from a second copy."""
+    scorer = scoring.create_metric(name, pretrained=False) if name in ('nr-lite', 'paq2piq') else \
+        scoring.create_metric(name)
+    spec = scoring.get_spec(name)
+    assert (scorer.kind, scorer.lower_better) == (spec.kind, spec.lower_better)
+    if hasattr(scorer, 'score_range'):
+        assert (scorer.min_size, scorer.score_range, scorer.loss_capable) == \
+            (spec.min_size, spec.score_range, spec.loss_capable)
+
+
+def test_network_minimum_sides_equal_the_rows():
+    import importlib
+
+    for name, module in [('nr-lite', 'nr_lite_arch'), ('niqe-fitted', 'niqe_fitted_arch'),
+                         ('relational', 'relational_arch'), ('lgdm', 'lgdm_arch')]:
+        assert importlib.import_module(f'iqa_plugin.archs.{module}').MIN_SIZE == scoring.get_spec(name).min_size

@@ -493,8 +493,7 @@ def build_lgdm_scorer(device=None, sd_path=None, weights_path=None, pretrained=T
         if missing or unexpected:
             raise wm.WeightsError(f'weights file {weights_path} does not fit LGDMRegressor: missing '
                                   f'{list(missing)[:3]}, unexpected {list(unexpected)[:3]}')
-    scorer = NRScorer('lgdm', LGDMNet(feats, head), lower_better=False, score_range=(0.0, 1.0), min_size=MIN_SIZE,
-                      loss_capable=False)
+    scorer = NRScorer.for_row('lgdm', LGDMNet(feats, head))  # direction, range, minimum side: the table's
     scorer.pretrained = sd is not None
     return scorer.to(feats.text_embedding.device)
 

@@ -172,8 +172,7 @@ def build_niqe_fitted_scorer(device=None, weights='niqe-fitted', weights_path=No
             raise wm.WeightsError(f'{path} has no mu_pris_param / cov_pris_param tensors')
         mu, cov = sd['mu_pris_param'], sd['cov_pris_param']
     net = NIQEFitted(mu, cov, flat_penalty=flat_penalty)
-    scorer = NRScorer('niqe-fitted', net, lower_better=True, score_range=(0.0, flat_penalty), min_size=MIN_SIZE,
-                      loss_capable=False)
+    scorer = NRScorer.for_row('niqe-fitted', net, score_range=(0.0, flat_penalty))  # the table's facts
     scorer.pretrained = mu is not None
     return scorer.to(torch.device(device) if device is not None else torch.device('cpu'))
 

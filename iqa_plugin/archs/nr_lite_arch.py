@@ -154,6 +154,6 @@ def build_nr_lite_scorer(device=None, weights='nr-lite', weights_path=None, pret
         if missing or unexpected:
             raise wm.WeightsError(f'weights file {path} does not fit NRLite{tuple(config.items()) or ""}: '
                                   f'missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}')
-    scorer = NRScorer('nr-lite', net, lower_better=False, score_range=(0.0, 1.0), min_size=MIN_SIZE)
+    scorer = NRScorer.for_row('nr-lite', net)  # direction, range, minimum side: the table's
     scorer.pretrained = sd is not None
     return scorer.to(torch.device(device) if device is not None else torch.device('cpu'))
