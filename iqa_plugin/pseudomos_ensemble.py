@@ -78,7 +78,7 @@ def resolve_members(members=None):
         return tuple(DEFAULT_MEMBERS)
     if isinstance(members, str):
         if members == 'auto':
-            return tuple(DEFAULT_MEMBERS) + tuple(n for n in ('lpips', 'dists') if member_status(n)[0])
+            return tuple(DEFAULT_MEMBERS) + tuple(n for n in MEMBER_NAMES if METRICS[n].files and member_status(n)[0])
         members = [m.strip() for m in members.split(',') if m.strip()]
     members = tuple(members)
     if not members:
