@@ -219,6 +219,92 @@ def test_device_not_here_is_one_line_exit_2(command, tmp_path, capsys):
         assert code == 2 and err.startswith('iqa-plugin: error: --device cuda:99: '), err
 
 
+# ------------------------------------------------------------------------------ exact parsing
+BOGUS = '--no-such-option'
+
+
+def _exact_cases(tmp_path):
+    """{case: argv} with every required argument present, so that only the unknown one is wrong."""
+    d, img = str(tmp_path), str(tmp_path / 'x.png')
+    return {
+        'score': ['score', '--metric', 'nr-lite', '--dist', img],
+        'score-gts': ['score-gts', '-opt', str(tmp_path / 'opt.yml')],
+        'weights': ['weights', 'list'],
+        'lora': ['lora', 'info', str(tmp_path / 'adapter.pth')],
+        'demo': ['demo', '--out', d],
+        'make-multigt': ['make-multigt', '--src', d, '--out', d],
+        'evaluate': ['evaluate', '--results', d, '--gt', d],
+        'repro': ['repro', '--small', '--tiny', '--out', d],
+        'diff': ['diff', img, img],
+        'bench': ['bench', 'cli'],  # passthrough: the bench's own parser rejects it
+    }
+
+
+@pytest.mark.parametrize('case', ['score', 'score-gts', 'weights', 'lora', 'demo', 'make-multigt', 'evaluate',
+                                  'repro', 'diff', 'bench'])
+@pytest.mark.parametrize('where', ['end', 'after-command'])
+def test_unknown_argument_is_rejected_by_its_parser(case, where, tmp_path, capsys):
+    """Every command is parsed exactly: an unknown option is argparse's error in the parser of the command (its
+    usage, then one line naming the option; status 2), before the command does anything."""
+    argv = _exact_cases(tmp_path)[case]
+    at = len(argv) if where == 'end' else 2 if case == 'bench' else 1
+    code, out, err = cli(capsys, *argv[:at], BOGUS, *argv[at:])
+    prog = f'iqa-plugin {case}' + (' cli' if case == 'bench' else '')
+    assert code == 2 and out == '', err
+    assert err.startswith(f'usage: {prog} '), err
+    errors = [x for x in err.splitlines() if 'error' in x]
+    assert errors == [f'{prog}: error: unrecognized arguments: {BOGUS}'], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize('argv', [['score', '--metric', 'nr-lite', '--dist', 'x.png', 'stray'], ['demo', 'stray'],
+                                  ['repro', '--small', 'stray']])
+def test_unexpected_positional_is_rejected(argv, capsys):
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and err.splitlines()[-1] == f'iqa-plugin {argv[0]}: error: unrecognized arguments: stray', err
+    assert err.startswith(f'usage: iqa-plugin {argv[0]} '), err
+
+
+def test_subcommand_mains_take_parsed_arguments_only():
+    """No ``rest`` left over for the commands to check: ``main(args)``; passthrough commands ``main_argv(argv)``."""
+    import inspect
+
+    import iqa_plugin.cli as c
+    passthrough = {m.NAME for m in c.SUBCOMMANDS if getattr(m, 'PASSTHROUGH', False)}
+    assert passthrough == {'train', 'bench', 'run'}
+    for m in c.SUBCOMMANDS:
+        if m.NAME in passthrough:
+            assert list(inspect.signature(m.main_argv).parameters) == ['argv'], m.NAME
+        else:
+            assert list(inspect.signature(m.main).parameters) == ['args'], m.NAME
+
+
+@pytest.mark.parametrize('argv', [['bench', BOGUS], ['bench', 'list', BOGUS], ['run', BOGUS],
+                                  [BOGUS, 'weights', 'list']])
+def test_passthrough_commands_reject_unknown_options_of_their_own(argv, capsys):
+    """Before NAME (bench) or the script (run) the arguments are the command's own: an unknown one is named."""
+    code, out, err = cli(capsys, *argv)
+    prog = 'iqa-plugin' if argv[0] == BOGUS else f'iqa-plugin {argv[0]}'
+    assert code == 2 and out == '', err
+    assert err.startswith(f'usage: {prog} '), err
+    assert [x for x in err.splitlines() if 'error' in x] == [f'{prog}: error: unrecognized arguments: {BOGUS}'], err
+
+
+def test_train_unknown_argument_is_rejected_by_basicsr_parser(tmp_path, tiny_sr, capsys):
+    """``train`` passes its arguments to BasicSR's parser, which owns them and rejects an unknown one (after the
+    option-file check, before anything is written); its usage and error carry the command's name."""
+    from conftest import write_tiny_options
+
+    opt = write_tiny_options(tmp_path / 'run.yml', tiny_sr, name='unknown_arg', iters=2, val_freq=2)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = cli(capsys, 'train', '-opt', str(opt), BOGUS)
+    assert code == 2, err
+    assert err.startswith('usage: iqa-plugin train '), err
+    errors = [x for x in err.splitlines() if 'error' in x]
+    assert errors == [f'iqa-plugin train: error: unrecognized arguments: {BOGUS}'], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not (tmp_path / 'experiments').exists()
+
+
 @pytest.mark.parametrize('exc', [TypeError('t'), KeyError('k'), AttributeError('a'), RuntimeError('r'),
                                  ImportError('i'), ValueError('a ValueError from outside the package')])
 def test_bugs_keep_their_traceback(exc, monkeypatch, capsys):

@@ -6,7 +6,7 @@
     iqa-plugin score-gts -opt YAML [--out PATH]  (the sma/smp GT score cache)
     iqa-plugin weights list|fetch NAME|verify [NAME ...]
     iqa-plugin lora merge --base NET_G --adapter ADAPTER --out PATH
-    iqa-plugin bench NAME [ARGS...]            (bench --help lists them)
+    iqa-plugin bench NAME [ARGS...]            (bench --help lists them; bench NAME --help: its ARGS)
     iqa-plugin demo [--arch swinir|rrdb] [--iters N] [--out DIR]
     iqa-plugin run script.py [ARGS...]         (scripts that import basicsr before iqa_plugin)
     iqa-plugin make-multigt --src HR_DIR --out DIR [--set NAME] [--seed S] [--size N]
@@ -16,8 +16,9 @@
 
 One module per subcommand (``train``, ``score``, ``score_gts``, ``weights``, ``bench``, ``demo``, ``run``,
 ``make_multigt``, ``evaluate``, ``repro``, ``diff``), each with
-``NAME``, ``HELP``, ``add_parser(subparsers)`` and ``main(args, rest)`` (or ``main_argv(argv)`` for a
-``PASSTHROUGH`` command whose arguments belong to someone else); ``common`` holds what they share.
+``NAME``, ``HELP``, ``add_parser(subparsers)`` and ``main(args)`` (or ``main_argv(argv)`` for a
+``PASSTHROUGH`` command whose arguments belong to someone else: ``train`` to BasicSR's parser, ``bench NAME``
+to the bench's, ``run`` to the script); ``common`` holds what they share.
 They import nothing from this package module. In the command's process ``import iqa_plugin`` does not
 register the plugin (see ``iqa_plugin.register``): the subcommands that need BasicSR's registries
 call ``iqa_plugin.register()``, so ``--help`` and ``weights list`` import no torch.
@@ -48,14 +49,16 @@ def build_parser():
 def dispatch(argv):
     """Run the command line ``argv`` (without the program name); returns the exit code.
 
+    Every command line is parsed exactly: an argument that no parser knows is argparse's error (the
+    command's usage, then one line ``iqa-plugin CMD: error: unrecognized arguments: ...``; SystemExit(2)),
+    and a ``PASSTHROUGH`` command hands its arguments to the parser that owns them, which does the same.
     Exceptions propagate (``main`` applies the error policy); argparse errors raise SystemExit(2)."""
     argv = list(argv)
     by_name = {m.NAME: m for m in SUBCOMMANDS}
     if argv and getattr(by_name.get(argv[0]), 'PASSTHROUGH', False):
         return by_name[argv[0]].main_argv(argv[1:])
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    return by_name[args.command].main(args, rest)
+    args = build_parser().parse_args(argv)  # exact: an unknown argument is argparse's error (status 2)
+    return by_name[args.command].main(args)
 
 
 def main(argv=None):

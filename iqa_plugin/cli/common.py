@@ -24,13 +24,23 @@ class UsageError(ValueError):
 
 
 class CommandParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose epilog may be computed only when help is shown:
+    """``argparse.ArgumentParser`` that parses exactly and whose epilog may be computed only when help is shown.
+
+    Exact: ``parse_known_args`` rejects arguments it does not know (argparse's ``error``: usage, one line
+    ``PROG: error: unrecognized arguments: ...``, status 2), so a subcommand's parser reports them with its own
+    usage (``iqa-plugin score: error: ...``) instead of leaving them to the top parser or to the command.
     ``epilog_fn`` (a callable returning text) is called by ``format_help``, so a costly listing
     (the score metrics and whether their weights are here) is not built for every parse."""
 
     def __init__(self, *args, epilog_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.epilog_fn = epilog_fn
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f'unrecognized arguments: {" ".join(extras)}')
+        return namespace, extras
 
     def format_help(self):
         if self.epilog_fn is not None:

@@ -16,13 +16,11 @@ def add_parser(sub):
     return p
 
 
-def main(args, rest=()):
+def main(args):
     import os
 
     from iqa_plugin.cli.common import UsageError
 
-    if rest:
-        raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
     threads = args.threads
     if threads is None:  # the default: 1, unless the user chose with OMP_NUM_THREADS (torch follows it)
         threads = None if os.environ.get('OMP_NUM_THREADS') else 1

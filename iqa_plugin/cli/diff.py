@@ -350,9 +350,7 @@ def _stem(name):
     return Path(name).stem
 
 
-def main(args, rest=()):
-    if rest:
-        raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
+def main(args):
     if args.nets:
         if args.paths:
             raise UsageError('give either A B or --nets NET_A NET_B, not both')

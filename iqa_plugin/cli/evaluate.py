@@ -33,15 +33,13 @@ def add_parser(sub):
     return p
 
 
-def main(args, rest=()):
+def main(args):
     import sys
     import warnings
 
     from iqa_plugin.cli.common import UsageError, check_device
     from iqa_plugin.evaluate import EvaluateError, EvaluateWarning, evaluate
 
-    if rest:
-        raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
     check_device(args.device)
     if args.batch_size < 1:
         raise UsageError(f'--batch-size must be >= 1, got {args.batch_size}')

@@ -28,9 +28,7 @@ def add_parser(sub):
     return p
 
 
-def main(args, rest=()):
-    if rest:
-        raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
+def main(args):
     import iqa_plugin
 
     iqa_plugin.register()  # BasicSR's arch registry builds the net named in the adapter

@@ -28,12 +28,9 @@ def add_parser(sub):
     return p
 
 
-def main(args, rest=()):
-    from iqa_plugin.cli.common import UsageError
+def main(args):
     from iqa_plugin.multigt_make import make_multigt
 
-    if rest:
-        raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
     s = make_multigt(args.src, args.out, set_name=args.set_name, seed=args.seed, size=args.size,
                      candidates=args.candidates, disagree=args.disagree, limit=args.limit)
     c = s['label_counts']

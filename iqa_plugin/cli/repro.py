@@ -41,14 +41,12 @@ def add_parser(sub):
     return p
 
 
-def main(args, rest=()):
+def main(args):
     import os
     from pathlib import Path
 
     from iqa_plugin.cli.common import UsageError, check_device
 
-    if rest:
-        raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
     if not args.small:
         raise UsageError('give --small (the small offline run is the only mode so far)')
     check_device(args.device)

@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 
-from iqa_plugin.cli.common import UsageError
+from iqa_plugin.cli.common import CommandParser, UsageError
 
 NAME = 'run'
 HELP = 'run a Python script (or -m module) with the shim and registrations in place first'
@@ -32,6 +32,9 @@ def main_argv(argv):
     if not argv or argv[0] in ('-h', '--help'):
         print(__doc__.strip())
         return 0 if argv else 2
+    if argv[0].startswith('-') and argv[0] != '-m':  # run's own options end at the script: only -m and --help
+        CommandParser(prog='iqa-plugin run', usage='%(prog)s script.py [ARGS...] | -m module [ARGS...]',
+                      add_help=False).error(f'unrecognized arguments: {argv[0]}')
     if argv[0] == '-m':
         if len(argv) < 2:
             raise UsageError('run -m needs a module name')

@@ -130,9 +130,7 @@ def _check_same_size(name, ref, dist, what='ref'):
 
 
 # ---------------------------------------------------------------------------------------- score
-def main(args, rest=()):
-    if rest:
-        raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
+def main(args):
     if args.list:
         print(metric_listing(check_all=True))
         return 0

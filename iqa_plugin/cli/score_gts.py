@@ -90,14 +90,12 @@ def score_files(files, scorer_name, scorer_options, device, known=None, log=prin
     return hashes, scores
 
 
-def main(args, rest=()):
+def main(args):
     from pathlib import Path
 
     from iqa_plugin.models import gt_sampling as gs
     from iqa_plugin.utils.option_base import load_with_bases
 
-    if rest:
-        raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
     check_device(args.device)
     option_file = Path(args.opt)
     if not option_file.is_file():

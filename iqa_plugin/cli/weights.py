@@ -25,11 +25,9 @@ def add_parser(sub):
     return p
 
 
-def main(args, rest=()):
+def main(args):
     from iqa_plugin import weights  # torch-free at import
 
-    if rest:
-        raise UsageError(f'unrecognized arguments: {" ".join(rest)}')
     for name in args.names:
         weights.get_entry(name)  # unknown name: WeightsError listing the known ones
     if args.action == 'list':
