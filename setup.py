@@ -15,16 +15,18 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['iqa_plugin', 'iqa_plugin.*']),
-    # iqa_plugin/weights/ and iqa_plugin/configs/ are data folders of package iqa_plugin (next to the module
-    # iqa_plugin/weights.py), not packages: they ship through package_data alone. include_package_data=True
-    # would make setuptools treat them as unlisted packages ("Package 'iqa_plugin.weights' is absent").
-    package_data={'iqa_plugin': ['weights/*.pth', 'weights/*.json', 'weights/*.log', 'configs/*.yml']},
+    # iqa_plugin/weights/files/ (the shipped weights, next to the weights manager iqa_plugin/weights/__init__.py)
+    # and iqa_plugin/apps/configs/ (the demo's option file) are data folders of the packages iqa_plugin.weights and
+    # iqa_plugin.apps, not packages: they ship through package_data alone. include_package_data=True would make
+    # setuptools treat them as unlisted packages ("Package 'iqa_plugin.weights.files' is absent").
+    package_data={'iqa_plugin.weights': ['files/*.pth', 'files/*.json', 'files/*.log'],
+                  'iqa_plugin.apps': ['configs/*.yml']},
     include_package_data=False,
     install_requires=[
         'basicsr==1.4.2',
         'torch>=2.5',  # torch.serialization.safe_globals (utils/dist.py) is 2.5's; torch.compiler.is_compiling 2.3's
         'torchvision>=0.20',  # the release of torch 2.5
-        'pyiqa==0.1.16',  # the release tested: iqa_plugin.pyiqa_offline replaces names inside its arch modules
+        'pyiqa==0.1.16',  # the release tested: iqa_plugin.scoring.pyiqa_offline replaces names inside its arch modules
         'lpips',
         'timm',
         'tensorboard',

@@ -1,8 +1,10 @@
 """iqa-plugin: modern image-quality assessment for BasicSR training.
 
-Importing the package installs the torchvision compatibility shim (see ``compat``; it imports
-nothing until the old torchvision name is asked for) and then calls ``register()``, which imports
-the plugin's archs, losses, metrics, datasets and models so that they are in BasicSR's registries.
+Importing the package installs the torchvision compatibility shim (see ``basicsr_glue.compat``; it imports
+nothing until the old torchvision name is asked for) and the finder of the package's renamed modules (see
+``moved``: old import paths keep working for one release, with a DeprecationWarning), and then calls
+``register()``, which imports the plugin's archs, losses, metrics, datasets and models so that they are in
+BasicSR's registries.
 
 The ``iqa-plugin`` command's own process skips that import (it would load torch, BasicSR and pyiqa,
 seconds, for ``--help``): its subcommands call ``register()`` when they need the registries.
@@ -12,9 +14,13 @@ registers at import even in the command (the eager path, the baseline of ``iqa-p
 import os
 import sys
 
-from iqa_plugin import compat
+from iqa_plugin.basicsr_glue import compat
 
 compat.install()
+
+from iqa_plugin import moved  # noqa: E402
+
+moved.install()
 
 from iqa_plugin.version import __version__  # noqa: E402
 

@@ -20,9 +20,9 @@ import sys
 import tempfile
 
 import iqa_plugin
-from iqa_plugin.utils.dist import enable_cpu_distributed
-from iqa_plugin.utils.option_base import has_bases, write_resolved
-from iqa_plugin.utils.options_check import OptionError, check_option_file
+from iqa_plugin.basicsr_glue.dist import enable_cpu_distributed
+from iqa_plugin.basicsr_glue.option_base import has_bases, write_resolved
+from iqa_plugin.basicsr_glue.options_check import OptionError, check_option_file
 
 iqa_plugin.register()  # shim + registries before basicsr.train (a no-op when already registered)
 

@@ -185,7 +185,7 @@ def tiny_sr(tmp_path):
 def multigt_set(tmp_path_factory):
     """A small HGGT-layout multi-GT set (set '0-20193', 3 groups of 96 px) written by ``make-multigt``;
     shared by the option-file tests, which only read it."""
-    from iqa_plugin.multigt_make import make_multigt
+    from iqa_plugin.apps.multigt_make import make_multigt
 
     root = tmp_path_factory.mktemp('multigt')
     src = make_sr_folder(root / 'src', n=3, size=96)

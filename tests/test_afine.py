@@ -19,7 +19,7 @@ from iqa_plugin import scoring
 from iqa_plugin import weights as weights_mod
 from iqa_plugin.archs.afine_arch import AFINE, Encoded, RefCache, build_afine_scorer
 from iqa_plugin.archs.clip_vit_arch import CLIPVisionTower, load_clip_state_dict
-from iqa_plugin.bench.afine_bench import bench_images, build_pyiqa_afine, write_random_afine_weights
+from iqa_plugin.apps.bench.afine_bench import bench_images, build_pyiqa_afine, write_random_afine_weights
 from iqa_plugin.utils.onednn_linear import onednn_linear_available
 
 # ---- float32 tolerances, relative to each output's scale -------------------------------------
@@ -427,8 +427,8 @@ def test_calculate_afine_metric(tiny_file):
     fn = METRIC_REGISTRY.get('calculate_afine')
     opts = dict(weights_path=str(tiny_file), clip_weights='none', crop_border=4, better='lower')
     v = fn(img, img2, **opts)
-    n_cached = len(scoring._cache)
-    assert fn(img, img2, **opts) == v and len(scoring._cache) == n_cached  # the network is built once
+    n_cached = len(scoring.cache._cache)
+    assert fn(img, img2, **opts) == v and len(scoring.cache._cache) == n_cached  # the network is built once
     net = AFINE(weights_path=str(tiny_file), clip_weights='none')
     with torch.no_grad():
         want = float(net(bgr_uint8_to_tensor(img[4:-4, 4:-4]), bgr_uint8_to_tensor(img2[4:-4, 4:-4]))
@@ -481,7 +481,7 @@ def test_loss_and_validator_share_one_network(tiny_file):
 def test_bench_roofline_counts(tiny):
     """The bench's roofline: FLOPs per pair match the ViT's analytic count within 2 %, and the
     GEMM workload's FLOPs are those of the four linear layers it runs."""
-    from iqa_plugin.bench.afine_bench import flops_per_pair, gemm_workload
+    from iqa_plugin.apps.bench.afine_bench import flops_per_pair, gemm_workload
 
     x = torch.rand(2, 3, 32, 32)
     n, c, layers = (32 // 16) ** 2 + 1, TINY_VIT['width'], TINY_VIT['layers']

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from iqa_plugin.bench import BENCHES, describe
-from iqa_plugin.bench import train_step_bench as tsb
+from iqa_plugin.apps.bench import BENCHES, describe
+from iqa_plugin.apps.bench import train_step_bench as tsb
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -21,7 +21,7 @@ def run_cli(capsys, *args):
 
 
 def test_quick_run_json_line(capsys):
-    assert BENCHES['train-step'] == 'iqa_plugin.bench.train_step_bench:main'
+    assert BENCHES['train-step'] == 'iqa_plugin.apps.bench.train_step_bench:main'
     assert describe('train-step').startswith('generator training step')
     result, out = run_cli(capsys, '--rounds', '2')
     assert result['bench'] == 'train-step' and result['device'] == 'cpu' and result['rounds'] == 2

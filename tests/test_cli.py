@@ -105,7 +105,7 @@ def test_top_help_lists_every_subcommand(capsys):
 
 
 def test_bench_help_lists_benches(capsys):
-    from iqa_plugin.bench import BENCHES, describe
+    from iqa_plugin.apps.bench import BENCHES, describe
     assert set(BENCHES) >= {'milo', 'afine', 'nriqa', 'cli'}
     for args in (['bench', '--help'], ['bench', '-h'], ['bench', 'list']):
         code, out, err = cli(capsys, *args)
@@ -322,7 +322,7 @@ def test_bugs_keep_their_traceback(exc, monkeypatch, capsys):
 def test_is_input_error():
     from iqa_plugin import scoring
     from iqa_plugin.cli.common import UsageError, is_input_error
-    from iqa_plugin.utils.options_check import OptionError
+    from iqa_plugin.basicsr_glue.options_check import OptionError
     from iqa_plugin.weights import WeightsError
 
     def raised(fn):
@@ -430,7 +430,7 @@ def test_shim_is_lazy_and_aliases_on_demand():
     code = textwrap.dedent('''\
         import sys
         import iqa_plugin
-        from iqa_plugin import compat
+        from iqa_plugin.basicsr_glue import compat
         assert 'torchvision' not in sys.modules, 'the shim imported torchvision'
         assert compat.install() is False and compat.apply() is False
         assert sum(isinstance(f, compat.RenamedModuleFinder) for f in sys.meta_path) == 1
@@ -447,7 +447,7 @@ def test_shim_finder_acts_only_when_the_old_name_is_missing(tmp_path, monkeypatc
     """On a library that still has the old module (old torchvision) the finder is never used."""
     import importlib
 
-    from iqa_plugin.compat import RenamedModuleFinder
+    from iqa_plugin.basicsr_glue.compat import RenamedModuleFinder
     pkg = tmp_path / 'shimtoy'
     pkg.mkdir()
     (pkg / '__init__.py').write_text('')
@@ -470,7 +470,7 @@ def test_shim_finder_acts_only_when_the_old_name_is_missing(tmp_path, monkeypatc
 # ------------------------------------------------------------------------------ bench cli
 def test_bench_cli_harness(capsys):
     """The harness itself, on a stand-in command that starts fast (the real figures: docs/foundation.md)."""
-    from iqa_plugin.bench.cli_bench import main
+    from iqa_plugin.apps.bench.cli_bench import main
     res = main(['--repeats', '2', '--command', f'{sys.executable} -c pass'])
     out = capsys.readouterr().out
     assert set(res['seconds']) == {'help', 'help_eager', 'weights_list', 'weights_list_eager'}

@@ -104,7 +104,7 @@ def launched_slow_validation(validation_s, training_timeout_s):
 
     import torch.distributed as dist
 
-    from iqa_plugin.utils.dist import wait_for_rank0_validation
+    from iqa_plugin.basicsr_glue.dist import wait_for_rank0_validation
 
     dist.init_process_group(backend='gloo')
     training = dist.new_group(backend='gloo', timeout=datetime.timedelta(seconds=training_timeout_s))
@@ -115,7 +115,7 @@ def launched_slow_validation(validation_s, training_timeout_s):
     wait_for_rank0_validation({'val': {}})
     dist.all_reduce(grad, group=training)  # the next iteration's gradient all-reduce
     print(f'rank {dist.get_rank()} went on after the validation: {grad.tolist()}', flush=True)
-    dist.destroy_process_group(training)  # iqa_plugin.utils.dist destroys its own group at exit
+    dist.destroy_process_group(training)  # iqa_plugin.basicsr_glue.dist destroys its own group at exit
 
 
 if __name__ == '__main__':
@@ -267,7 +267,7 @@ def _check_writes(writes, root):
 
 
 def _state(exp, it):
-    from iqa_plugin.utils.dist import read_training_state
+    from iqa_plugin.basicsr_glue.dist import read_training_state
 
     return read_training_state(exp / 'training_states' / f'{it}.state')
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from iqa_plugin import demo
+from iqa_plugin.apps import demo
 
 
 @pytest.fixture(scope='module')
@@ -123,7 +123,7 @@ def test_demo_nr_lite_validator_ranks_hr_over_bicubic_over_degenerate():
     images."""
     import torch
 
-    from iqa_plugin.nriqa import score_candidates
+    from iqa_plugin.scoring.scorer import score_candidates
     from iqa_plugin.scoring import get_cached_metric
 
     scorer = get_cached_metric('nr-lite')

@@ -222,7 +222,7 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, photo_sets, tmp_path):
 
 
 def test_failed_run_leaves_out_as_it_was(capsys, photo_sets, tmp_path, monkeypatch):
-    from iqa_plugin import axis_diff
+    from iqa_plugin.scoring import axes as axis_diff
 
     out_dir = tmp_path / 'figs'
     out_dir.mkdir()
@@ -246,7 +246,7 @@ def test_failed_run_leaves_out_as_it_was(capsys, photo_sets, tmp_path, monkeypat
 
 # ------------------------------------------------------------------------------------------ words
 def test_sentence_words_signs_and_floor():
-    from iqa_plugin.axis_diff import AXES, FLOOR, AxisDiff, describe_axis, sentence
+    from iqa_plugin.scoring.axes import AXES, FLOOR, AxisDiff, describe_axis, sentence
 
     d = AxisDiff()
     maps = np.zeros((len(AXES), 8, 8), np.float32)
@@ -345,7 +345,7 @@ def test_axis_report_in_training_log_and_tensorboard(tmp_path, tiny_sr, against)
     import subprocess
     import sys
 
-    from iqa_plugin.distortions import AXES
+    from iqa_plugin.labels.distortions import AXES
 
     report = f'  axis_report: {{against: {against}, max_memory_mb: {0 if against == "best" else 64}}}'
     opt = write_tiny_options(tmp_path / 'run.yml', tiny_sr, name=f'axis_{against}', iters=6, val_freq=2, tb='true',
@@ -445,7 +445,7 @@ def test_every_iqa_model_has_the_axis_report():
     ('[previous]', 'val.axis_report must be a mapping'),
 ])
 def test_preflight_refuses_bad_axis_report(tmp_path, tiny_sr, block, message):
-    from iqa_plugin.utils.options_check import OptionError, check_option_file
+    from iqa_plugin.basicsr_glue.options_check import OptionError, check_option_file
 
     opt = write_tiny_options(tmp_path / 'run.yml', tiny_sr, extra_val=f'  axis_report: {block}')
     with pytest.raises(OptionError, match=message) as e:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import iqa_plugin  # noqa: F401
-from iqa_plugin import distortions as D
+from iqa_plugin.labels import distortions as D
 
 
 def psnr(a, b):
@@ -224,12 +224,12 @@ def test_input_validation(img):
 
 
 def test_command_line_table():
-    """``python -m iqa_plugin.distortions --table`` (the package's __main__ -> distortions.cli) prints one row
+    """``python -m iqa_plugin.labels.distortions --table`` (the package's __main__ -> distortions.cli) prints one row
     per operation with the parameters of levels 1..5."""
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, '-m', 'iqa_plugin.distortions', '--table', '--size', '32'],
+    res = subprocess.run([sys.executable, '-m', 'iqa_plugin.labels.distortions', '--table', '--size', '32'],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     rows = [r for r in res.stdout.splitlines() if r.startswith('| `')]

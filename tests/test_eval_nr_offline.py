@@ -16,7 +16,7 @@ from iqa_plugin.data.multigt_layout import LABEL_NEGATIVE as NEG
 from iqa_plugin.data.multigt_layout import LABEL_ORIGINAL as ORIG
 from iqa_plugin.data.multigt_layout import LABEL_POSITIVE as POS
 from iqa_plugin.data.multigt_layout import LABEL_SIMILAR as SIM
-from iqa_plugin.nriqa import NRScorer, score_candidates
+from iqa_plugin.scoring.scorer import NRScorer, score_candidates
 from conftest import find_shared
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'docs' / 'scripts'))

@@ -1,4 +1,4 @@
-"""``iqa-plugin evaluate`` (``iqa_plugin.evaluate``): matching, HGGT's multi-GT protocol, the Gold Standard row,
+"""``iqa-plugin evaluate`` (``iqa_plugin.apps.evaluate``): matching, HGGT's multi-GT protocol, the Gold Standard row,
 skipped metrics, bad input and the files written. Tiny folders made at test time (CPU, offline)."""
 import csv
 import json
@@ -27,7 +27,7 @@ def noisy_copies(src_dir, out_dir, suffix, sigma, seed=0):
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     """A make-multigt set (4 groups, 64 px) with two methods' results made from the originals."""
-    from iqa_plugin.multigt_make import make_multigt
+    from iqa_plugin.apps.multigt_make import make_multigt
 
     root = tmp_path_factory.mktemp('evaluate')
     src = make_sr_folder(root / 'src', n=4, size=64)
@@ -38,7 +38,7 @@ def data(tmp_path_factory):
 
 
 def run_eval(*args, **kwargs):
-    from iqa_plugin.evaluate import evaluate
+    from iqa_plugin.apps.evaluate import evaluate
     kwargs.setdefault('progress', False)
     return evaluate(*args, **kwargs)
 
@@ -96,7 +96,7 @@ def test_single_gt_plain_folder_and_exact_names(data, tmp_path):
 
 
 def test_unmatched_files_warned_one_by_one_and_counted(data, tmp_path):
-    from iqa_plugin.evaluate import EvaluateWarning
+    from iqa_plugin.apps.evaluate import EvaluateWarning
 
     mixed = tmp_path / 'mixed'
     mixed.mkdir()
@@ -169,7 +169,7 @@ def test_pil_plots_without_matplotlib(data, tmp_path, monkeypatch):
 
     from PIL import Image
 
-    from iqa_plugin.evaluate import write_plots
+    from iqa_plugin.apps.evaluate import write_plots
     res = run_eval([data / 'low', data / 'high'], data / 'src' / 'HR', metrics='psnr,nr-lite', device='cpu')
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib -> ImportError
     files = write_plots(res, tmp_path)
@@ -184,7 +184,7 @@ def test_lpips_from_local_files_with_inputs_in_minus_one_one(data, tmp_path, mon
     import torch
     import torchvision
 
-    from iqa_plugin.evaluate import _pyiqa_fr_files, build_metrics, pyiqa_fr_available
+    from iqa_plugin.apps.evaluate import _pyiqa_fr_files, build_metrics, pyiqa_fr_available
 
     wdir = tmp_path / 'w'
     wdir.mkdir()
@@ -205,7 +205,7 @@ def test_lpips_from_local_files_with_inputs_in_minus_one_one(data, tmp_path, mon
     assert max(abs(v) for v in same) < 1e-6 and min(diff) > 0
     from pyiqa.archs.lpips_arch import LPIPS
 
-    from iqa_plugin.nriqa import patched_attribute
+    from iqa_plugin.scoring.pyiqa_adapter import patched_attribute
     with patched_attribute(torchvision.models, 'alexnet', lambda *a, **k: alex):
         ref = LPIPS(pretrained=False, net='alex', version='0.1',
                     pretrained_model_path=str(wdir / calib.filename)).eval()

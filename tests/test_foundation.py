@@ -20,7 +20,7 @@ def run_cli(*args, cwd=None, env=None, timeout=300):
 def test_shim_makes_basicsr_import():
     import importlib
 
-    from iqa_plugin import compat
+    from iqa_plugin.basicsr_glue import compat
     mod = importlib.import_module('torchvision.transforms.functional_tensor')
     assert hasattr(mod, 'rgb_to_grayscale')
     assert compat.apply() is False  # idempotent: already aliased
@@ -50,7 +50,7 @@ def test_registry_scan_imports_every_module():
 
 
 def test_option_check_errors(tmp_path, tiny_sr):
-    from iqa_plugin.utils.options_check import OptionError, check_option_file
+    from iqa_plugin.basicsr_glue.options_check import OptionError, check_option_file
 
     opt = write_tiny_options(tmp_path / 'ok.yml', tiny_sr)
     check_option_file(opt)
@@ -76,7 +76,7 @@ def test_option_check_errors(tmp_path, tiny_sr):
 
 
 def test_option_check_unknown_key_in_plugin_block(tmp_path, tiny_sr):
-    from iqa_plugin.utils.options_check import OptionError, check_option_file
+    from iqa_plugin.basicsr_glue.options_check import OptionError, check_option_file
 
     opt = write_tiny_options(tmp_path / 'o.yml', tiny_sr, extra_metrics='    q: {type: nr-lite, bogus: 1}')
     with pytest.raises(OptionError, match=r"unknown key 'bogus' in val.metrics.q \(nr-lite\)"):

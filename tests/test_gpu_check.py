@@ -68,7 +68,7 @@ def test_missing_packages_stop_before_any_step(tmp_path):
 
 
 def test_setup_writes_options_that_pass_the_preflight(tmp_path):
-    from iqa_plugin.utils.options_check import check_options, load_yaml
+    from iqa_plugin.basicsr_glue.options_check import check_options, load_yaml
 
     files = helper().setup(tmp_path)
     assert len(list((tmp_path / 'data' / 'HR').glob('*.png'))) == 8

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')
 @pytest.fixture
 def empty_cache(monkeypatch):
     """A fresh, private cache of frozen networks for the test (the process-wide one is left as it was)."""
-    monkeypatch.setattr(scoring, '_cache', {})
-    monkeypatch.setattr(scoring, '_preflight_only', set(), raising=False)
+    monkeypatch.setattr(scoring.cache, '_cache', {})
+    monkeypatch.setattr(scoring.cache, '_preflight_only', set(), raising=False)
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def fake_factory(monkeypatch, empty_cache):
         built.append((name, str(device)))
         return object()
 
-    monkeypatch.setattr(scoring, 'create_metric', create)
+    monkeypatch.setattr(scoring.cache, 'create_metric', create)
     return built
 
 
@@ -52,7 +52,7 @@ def _cuda_present(monkeypatch, current=0):
 
 
 def _cached_devices():
-    return sorted(k[1] for k in scoring._cache)
+    return sorted(k[1] for k in scoring.cache._cache)
 
 
 # ------------------------------------------------------------------------------------- (a) one device key
@@ -104,7 +104,7 @@ def test_loss_releases_its_cpu_copy(monkeypatch, empty_cache):
     loss = NRIQALoss(metric='nr-lite')
     assert _cached_devices() == ['cpu']
     real = scoring.create_metric
-    monkeypatch.setattr(scoring, 'create_metric',
+    monkeypatch.setattr(scoring.cache, 'create_metric',
                         lambda name, device=None, **o: object() if str(device) == 'meta' else real(name, device, **o))
     loss.frozen_scorer(torch.device('meta'))
     assert _cached_devices() == ['meta']
@@ -185,7 +185,7 @@ def _candidates(b=3, n=4, size=40, seed=1):
 
 def test_amo_choices_ignore_autocast():
     from iqa_plugin.models.gt_sampling import build_gt_strategy
-    from iqa_plugin.nriqa import score_candidates
+    from iqa_plugin.scoring.scorer import score_candidates
 
     amo = build_gt_strategy({'type': 'amo', 'scorer': {'type': 'nr-lite'}}, device='cpu')
     batch = {'gt_candidates': _candidates()}

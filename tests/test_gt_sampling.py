@@ -200,7 +200,7 @@ def test_bad_options_one_line(block, message):
 
 
 def test_option_preflight_rejects_bad_gt_sampling():
-    from iqa_plugin.utils.options_check import OptionError, check_options
+    from iqa_plugin.basicsr_glue.options_check import OptionError, check_options
 
     for block, message in [({'type': 'sma', 'tau': 0.0, 'scores': 'x'}, 'tau'), ({'type': 'nope'}, 'unknown')]:
         with pytest.raises(OptionError, match=f'train.gt_sampling.*{message}'):
@@ -237,8 +237,8 @@ def test_score_gts_cache_drives_sma_and_refuses_stale(tmp_path, capsys):
 
     from conftest import make_sr_folder
     from iqa_plugin.cli import dispatch
-    from iqa_plugin.multigt_make import make_multigt
-    from iqa_plugin.nriqa import score_candidates
+    from iqa_plugin.apps.multigt_make import make_multigt
+    from iqa_plugin.scoring.scorer import score_candidates
     from iqa_plugin.scoring import get_cached_metric
     from iqa_plugin.utils.image import read_image
 
@@ -279,8 +279,8 @@ def test_score_gts_cache_drives_sma_and_refuses_stale(tmp_path, capsys):
 
 def test_bench_gt_sampling_smoke(capsys):
     """The bench's one JSON line: AMO/UPos ratio and the scorer's share, for a tiny setting."""
-    from iqa_plugin.bench import BENCHES, describe
-    from iqa_plugin.bench.gt_sampling_bench import main
+    from iqa_plugin.apps.bench import BENCHES, describe
+    from iqa_plugin.apps.bench.gt_sampling_bench import main
 
     assert 'gt-sampling' in BENCHES and describe('gt-sampling').startswith('time per training iteration')
     out = main(['--arch', 'small', '--batch', '1', '--candidates', '2', '--size', '32', '--repeats', '1',

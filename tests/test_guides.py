@@ -83,7 +83,7 @@ SKELETON = {'model_type': 'IQASRModel', 'train': {}, 'val': {}}
 
 def as_option_file(opt):
     """A complete option file as it is; a fragment merged into a minimal IQASRModel option dict."""
-    from iqa_plugin.utils.option_base import deep_merge
+    from iqa_plugin.basicsr_glue.option_base import deep_merge
 
     return opt if 'model_type' in opt else deep_merge(SKELETON, opt)
 
@@ -147,7 +147,7 @@ def all_types(node, where=''):
 @pytest.mark.parametrize('guide, line, text', YAML_BLOCKS)
 def test_yaml_block(guide, line, text, tmp_path, monkeypatch):
     """Parses with BasicSR's loader; every type is registered; the option file passes the pre-flight."""
-    from iqa_plugin.utils.options_check import check_options
+    from iqa_plugin.basicsr_glue.options_check import check_options
 
     opt = load_yaml(text)
     assert isinstance(opt, dict) and opt, f'{guide.name}:{line}: not a mapping of options'

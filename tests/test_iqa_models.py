@@ -450,7 +450,7 @@ def test_basicsr_patches_are_version_guarded(monkeypatch):
     import basicsr
     import basicsr.train as basicsr_train
 
-    from iqa_plugin.utils import dist
+    from iqa_plugin.basicsr_glue import dist
 
     monkeypatch.setattr(dist, '_enabled', False)
     monkeypatch.setattr(basicsr, '__version__', '9.9.9')

@@ -7,7 +7,7 @@ import torch
 
 import iqa_plugin  # noqa: F401
 from iqa_plugin import weights as wm
-from iqa_plugin.label_free import random_crop_group
+from iqa_plugin.labels.augment import random_crop_group
 from iqa_plugin.utils.ranking import correlation_report, group_plcc_loss, pairwise_rank_loss, plcc, srcc
 from iqa_plugin.scoring import create_metric
 
@@ -88,7 +88,7 @@ def _held_out_images(size=96):
 def _severity_srcc(scorer):
     """Chains of 5 increasingly strong versions (same operations) of the held-out images, 3 images x 4 plans:
     the SRCC of the score (badness) with the severity, one per chain."""
-    from iqa_plugin.distortions import DistortionEngine
+    from iqa_plugin.labels.distortions import DistortionEngine
 
     eng = DistortionEngine(seed=0)
     rhos = []
@@ -172,7 +172,7 @@ def test_tiny_training_decreases_loss(tmp_path, tiny_batch, model_type, net):
 
 
 def test_export_keeps_other_manifest_entries(tmp_path):
-    from iqa_plugin.export_weights import export
+    from iqa_plugin.weights.export import export
 
     other = dict(wm.read_manifest()['relational.pth'])
     (tmp_path / 'manifest.json').write_text(json.dumps({'relational.pth': other}))

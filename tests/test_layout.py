@@ -3,7 +3,11 @@
 * no import cycles between the package's modules, counting imports inside functions (a function-level
   import hides a cycle from Python, not from a reader);
 * no module uses another module's underscore-private names (``from iqa_plugin.x import _y`` or
-  ``x._y`` where ``x`` is an imported ``iqa_plugin`` module).
+  ``x._y`` where ``x`` is an imported ``iqa_plugin`` module);
+* the library (every module outside ``apps/`` and ``cli/``) never imports an application (``apps/``) or the
+  command line (``cli/``);
+* the package root holds at most ``MAX_ROOT_MODULES`` modules, and a module over ``LONG_FILE`` lines says why
+  it is one file (a paragraph starting "Why one file" in its docstring).
 
 The known exceptions are the explicit allow-lists below, each with its reason, to shrink as the
 modules are reworked. The remaining ones are printed (``pytest -s tests/test_layout.py``), and so are
@@ -28,6 +32,11 @@ ALLOWED_CYCLES = {}
 
 # Underscore-private names still used across modules: (importing module, owning module, name).
 ALLOWED_PRIVATE = set()
+
+# The applications and the command line: built on the library, never imported by it.
+APPLICATION_PACKAGES = ('apps', 'cli')
+MAX_ROOT_MODULES = 8
+LONG_FILE = 450
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,6 +207,17 @@ def private_uses(package_dir):
     return sorted(out)
 
 
+def library_imports_of_applications(edges, top):
+    """Sorted (importer, imported) for every import of an application module (``<top>.apps``/``<top>.cli`` and
+    below) by a library module (any module outside them, the package's ``__init__`` included)."""
+    apps = tuple(f'{top}.{name}' for name in APPLICATION_PACKAGES)
+
+    def is_app(m):
+        return any(m == a or m.startswith(a + '.') for a in apps)
+
+    return sorted((a, b) for a, targets in edges.items() if not is_app(a) for b in targets if is_app(b))
+
+
 def _allowed_by(component):
     for key, patterns in ALLOWED_CYCLES.items():
         if all(any(fnmatch.fnmatchcase(m, p) for p in patterns) for m in component):
@@ -210,7 +230,7 @@ def _allowed_by(component):
 # ------------------------------------------------------------------------------------------------
 def test_no_import_cycles():
     modules, edges = import_graph(PACKAGE_DIR)
-    assert len(modules) > 40 and 'iqa_plugin.distortions.engine' in modules  # the scan sees the package
+    assert len(modules) > 40 and 'iqa_plugin.labels.distortions.engine' in modules  # the scan sees the package
     found = cycles(edges)
     bad, allowed = [], {}
     for comp in found:
@@ -238,15 +258,37 @@ def test_no_private_names_across_modules():
         + '\n'.join(f'{m}:{line} uses {owner}.{name}' for m, owner, name, line in bad)
 
 
+def test_library_never_imports_applications():
+    modules, edges = import_graph(PACKAGE_DIR)
+    assert 'iqa_plugin.apps.demo' in modules and 'iqa_plugin.apps.bench.lora_bench' in modules
+    bad = library_imports_of_applications(edges, 'iqa_plugin')
+    assert not bad, 'library modules importing apps/ or cli/ (move the shared code into the library):\n' + \
+        '\n'.join(f'{a} -> {b}' for a, b in bad)
+
+
+def test_package_root_and_long_files():
+    root = sorted(p.stem for p in PACKAGE_DIR.glob('*.py'))
+    assert len(root) <= MAX_ROOT_MODULES, root
+    long = []
+    for m, path in module_files(PACKAGE_DIR).items():
+        text = path.read_text(encoding='utf-8')
+        doc = ast.get_docstring(ast.parse(text)) or ''
+        if len(text.splitlines()) > LONG_FILE and '\nWhy one file' not in '\n' + doc:
+            long.append(f'{path.relative_to(PACKAGE_DIR.parent)}: {len(text.splitlines())} lines')
+    assert not long, f'modules over {LONG_FILE} lines without a "Why one file" paragraph (split them or say why):\n' \
+        + '\n'.join(long)
+
+
 def test_layout_of_the_reworked_modules():
     """The module splits that are done: the distortion package, the pseudo-MOS layers."""
     modules, edges = import_graph(PACKAGE_DIR)
     for sub in ('ops', 'masks', 'engine', 'cli'):
-        assert f'iqa_plugin.distortions.{sub}' in modules
+        assert f'iqa_plugin.labels.distortions.{sub}' in modules
     # the ensemble and the cache I/O sit below the dataset, which sits below the builder / command line
-    assert {'iqa_plugin.pseudomos_ensemble', 'iqa_plugin.pseudomos_cache'} <= edges['iqa_plugin.data.pseudomos_dataset']
-    assert 'iqa_plugin.data.pseudomos_dataset' in edges['iqa_plugin.pseudomos']
-    for low in ('iqa_plugin.pseudomos_ensemble', 'iqa_plugin.pseudomos_cache'):
+    low = {'iqa_plugin.labels.pseudomos_ensemble', 'iqa_plugin.labels.pseudomos_cache'}
+    assert low <= edges['iqa_plugin.data.pseudomos_dataset']
+    assert 'iqa_plugin.data.pseudomos_dataset' in edges['iqa_plugin.labels.pseudomos']
+    for low in ('iqa_plugin.labels.pseudomos_ensemble', 'iqa_plugin.labels.pseudomos_cache'):
         assert not {m for m in edges[low] if 'pseudomos' in m}, low
 
 
@@ -279,6 +321,27 @@ def test_checker_finds_hidden_cycles(toy_package):
     assert edges['toy.d'] == {'toy.sub.b', 'toy.c'}
     assert cycles(edges) == [('toy.a', 'toy.sub.b')]
     assert cycle_path(('toy.a', 'toy.sub.b'), edges) == 'toy.a -> toy.sub.b -> toy.a'
+
+
+def test_checker_finds_library_imports_of_applications(tmp_path):
+    pkg = tmp_path / 'toy2'
+    (pkg / 'apps').mkdir(parents=True)
+    (pkg / 'cli').mkdir()
+    files = {
+        '__init__.py': '',
+        'lib.py': 'def f():\n    from toy2.apps import tool  # in a function: still a violation\n    return tool\n',
+        'core.py': 'X = 1\n',
+        'apps/__init__.py': '',
+        'apps/tool.py': 'from toy2 import core\n',
+        'cli/__init__.py': 'from toy2.apps import tool\n',  # the command line may import the applications
+        'cli/run.py': 'import toy2.lib\n',
+        'helper.py': 'import toy2.cli.run as r\n',  # nor may the library import the command line
+    }
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    _, edges = import_graph(pkg)
+    assert library_imports_of_applications(edges, 'toy2') == [('toy2.helper', 'toy2.cli.run'),
+                                                             ('toy2.lib', 'toy2.apps.tool')]
 
 
 def test_checker_finds_private_uses(toy_package):

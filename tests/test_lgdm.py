@@ -197,7 +197,7 @@ def test_preflight_resolves_the_sd_folder(monkeypatch, tmp_path):
     """The option pre-flight sees lgdm's Stable Diffusion folder and regressor file before anything is written."""
     pytest.importorskip('diffusers')
     from iqa_plugin import scoring
-    from iqa_plugin.utils.options_check import OptionError, check_options
+    from iqa_plugin.basicsr_glue.options_check import OptionError, check_options
 
     monkeypatch.setenv('IQA_PLUGIN_OFFLINE', '1')
     ok, reason = scoring.available_offline('lgdm', pretrained=False, sd_path=str(tmp_path / 'no_sd'))

@@ -146,7 +146,7 @@ def test_adapter_checkpoint_much_smaller_than_full(tmp_path):
 
 
 def test_resume_continues_like_uninterrupted(rrdb_base, tmp_path):
-    from iqa_plugin.utils.dist import read_training_state
+    from iqa_plugin.basicsr_glue.dist import read_training_state
 
     base_path, _ = rrdb_base
     run = tmp_path / 'a'
@@ -203,7 +203,7 @@ def test_gan_term_only_with_gan_opt(rrdb_base, tmp_path):
 
 # ------------------------------------------------------------------------------------------ bad input
 def _preflight(opt):
-    from iqa_plugin.utils.options_check import OptionError, check_options
+    from iqa_plugin.basicsr_glue.options_check import OptionError, check_options
 
     opt = dict(opt, model_type='NRIQAFinetuneModel')
     with pytest.raises(OptionError) as e:
@@ -372,7 +372,7 @@ def test_option_files_pass_the_preflight(tmp_path):
     from pathlib import Path
 
     from iqa_plugin.models.nriqa_finetune_model import variant_for
-    from iqa_plugin.utils.options_check import check_options, load_yaml
+    from iqa_plugin.basicsr_glue.options_check import check_options, load_yaml
 
     files = sorted((Path(__file__).resolve().parents[1] / 'options' / 'train' / 'lora').glob('[a-z]*.yml'))
     assert len(files) == 12

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from iqa_plugin.bench import BENCHES
-from iqa_plugin.bench import lora_bench
+from iqa_plugin.apps.bench import BENCHES
+from iqa_plugin.apps.bench import lora_bench
 
 FIGURES = ('trainable', 'step_s', 'mem_bytes', 'nr_lite_gain', 'niqe_gain', 'milo_gain', 'psnr_change', 'hf_rel',
            'hf_share')
@@ -17,7 +17,7 @@ def test_quick_bench_through_cli(tmp_path, capsys):
     from iqa_plugin.cli import dispatch
     from iqa_plugin.models import lora
 
-    assert BENCHES['lora'] == 'iqa_plugin.bench.lora_bench:main'
+    assert BENCHES['lora'] == 'iqa_plugin.apps.bench.lora_bench:main'
     assert dispatch(['bench', 'lora', '--quick', '--device', 'cpu', '--work', str(tmp_path / 'work'),
                      '--figures', str(tmp_path / 'fig')]) == 0
     out = capsys.readouterr().out.strip().splitlines()

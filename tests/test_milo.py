@@ -8,7 +8,7 @@ import torch
 import iqa_plugin  # noqa: F401
 from iqa_plugin import scoring
 from iqa_plugin.archs.milo_arch import MILO, build_milo_scorer, get_frozen_milo
-from iqa_plugin.bench.milo_bench import reference_milo_error
+from iqa_plugin.apps.bench.milo_bench import reference_milo_error
 from iqa_plugin.utils import image as image_utils
 from iqa_plugin.utils.image import read_image
 from iqa_plugin.weights import WeightsError
@@ -102,7 +102,7 @@ def test_pseudomos_missing_is_clear(monkeypatch, tmp_path):
 def test_pseudomos_packaged():
     from iqa_plugin.weights import PACKAGE_WEIGHTS_DIR
     shipped = PACKAGE_WEIGHTS_DIR / 'milo_pseudomos.pth'
-    assert shipped.is_file(), f'shipped weights file missing: {shipped} (committed in iqa_plugin/weights/)'
+    assert shipped.is_file(), f'shipped weights file missing: {shipped} (committed in iqa_plugin/weights/files/)'
     scorer = scoring.create_metric('milo-pseudomos')
     dist, ref = _pair(2, 32, 32)
     out = scorer(dist, ref)
@@ -254,7 +254,7 @@ def test_calculate_milo_through_basicsr(milo_pth, fixtures, monkeypatch):
     scoring.clear_cache()
     built = []
     real = scoring.create_metric
-    monkeypatch.setattr(scoring, 'create_metric', lambda *a, **k: built.append(a) or real(*a, **k))
+    monkeypatch.setattr(scoring.cache, 'create_metric', lambda *a, **k: built.append(a) or real(*a, **k))
     sr = cv2.imread(str(fixtures / 'dist.png'))  # uint8 BGR HWC, as BasicSR hands them
     gt = cv2.imread(str(fixtures / 'ref.png'))
     opt = {'type': 'calculate_milo', 'weights_path': milo_pth, 'better': 'lower', 'device': 'cpu'}
@@ -291,9 +291,9 @@ def test_calculate_milo_errors(random_milo_weights):
 
 # ---------------------------------------------------------------------- bench
 def test_bench_small(milo_dir, monkeypatch, capsys):
-    from iqa_plugin.bench import BENCHES
-    from iqa_plugin.bench.milo_bench import main
-    assert BENCHES['milo'] == 'iqa_plugin.bench.milo_bench:main'
+    from iqa_plugin.apps.bench import BENCHES
+    from iqa_plugin.apps.bench.milo_bench import main
+    assert BENCHES['milo'] == 'iqa_plugin.apps.bench.milo_bench:main'
     monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(milo_dir))
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

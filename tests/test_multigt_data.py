@@ -422,7 +422,7 @@ def test_make_multigt_layout_labels_and_determinism(made, tmp_path):
     scan = L.scan_hggt(*L.resolve_hggt_dirs(root, 'train'))
     assert [L.LABEL_NAMES[x] for g in scan.groups for x in g.labels[1:]] == [c['label'] for c in cands]
     # a candidate is its operation applied to the stored original
-    from iqa_plugin.multigt_make import render  # noqa: F401  (the public entry for one operation)
+    from iqa_plugin.apps.multigt_make import render  # noqa: F401  (the public entry for one operation)
 
     c0 = meta['groups'][0]['candidates'][0]
     orig = cv2.imread(str(root / 'images' / 'train' / 'original' / f'{names[0]}.png'))

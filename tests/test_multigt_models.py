@@ -176,7 +176,7 @@ def test_resume_continues_the_same_choices():
     with tempfile.TemporaryDirectory() as tmp:
         a.opt['path'].update(models=tmp, training_states=tmp)
         a.save(0, 3)
-        from iqa_plugin.utils.dist import read_training_state
+        from iqa_plugin.basicsr_glue.dist import read_training_state
         state = read_training_state(os.path.join(tmp, '3.state'))
     assert 'gt_sampling' in state
     expected = [a.gt_strategy.choose(batch(b=4)).tolist() for _ in range(5)]

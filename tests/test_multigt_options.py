@@ -54,7 +54,7 @@ def child_options(tmp_path, name, data):
 def test_shipped_multigt_options_train(name, multigt_set, tmp_path, monkeypatch):
     from iqa_plugin.cli import score_gts
     from iqa_plugin.train import run
-    from iqa_plugin.utils.options_check import check_option_file, load_yaml
+    from iqa_plugin.basicsr_glue.options_check import check_option_file, load_yaml
 
     assert len(FILES) == 12, FILES  # six strategies x two backbones
     shipped = load_yaml(FOLDER / name)
@@ -67,7 +67,7 @@ def test_shipped_multigt_options_train(name, multigt_set, tmp_path, monkeypatch)
         score_gts.main(argparse.Namespace(opt=str(path), out=str(tmp_path / 'scores.json'), device='cpu'))
     check_option_file(path)
     run(['-opt', str(path)], root_path=str(tmp_path))
-    from iqa_plugin.utils.dist import read_training_state
+    from iqa_plugin.basicsr_glue.dist import read_training_state
 
     exp = tmp_path / 'experiments' / f'test_{Path(name).stem}'
     state = read_training_state(exp / 'training_states' / '2.state')

@@ -15,7 +15,7 @@ import torch
 
 import iqa_plugin  # noqa: F401
 from iqa_plugin.archs.niqe_fitted_arch import NIQEFitted, build_niqe_fitted_scorer
-from iqa_plugin.nriqa import NRScorer, score_candidates
+from iqa_plugin.scoring.scorer import NRScorer, score_candidates
 from iqa_plugin.scoring import get_cached_metric
 
 SIZE = 192

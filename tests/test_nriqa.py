@@ -18,9 +18,9 @@ from iqa_plugin import weights as wm
 from iqa_plugin.archs.nr_lite_arch import NRLite, build_nr_lite_scorer
 from iqa_plugin.losses.nriqa_loss import NRIQALoss
 from iqa_plugin.metrics.nriqa_metric import calculate_nriqa
-from iqa_plugin.nriqa import (NR_METRICS, WeightFile, build_pyiqa_scorer, metric_info, parse_score_range,
+from iqa_plugin.scoring.pyiqa_adapter import (NR_METRICS, WeightFile, build_pyiqa_scorer, metric_info, parse_score_range,
                               pyiqa_config, read_weights, score_candidates)
-from iqa_plugin.torchscript_tensors import read_torchscript_tensors
+from iqa_plugin.utils.torchscript_tensors import read_torchscript_tensors
 
 slow = pytest.mark.skipif(bool(os.environ.get('IQA_PLUGIN_FAST_TESTS')),
                           reason='large pyiqa network on CPU (tens of seconds); unset IQA_PLUGIN_FAST_TESTS')
@@ -48,7 +48,7 @@ def image(b=1, size=64, seed=0, requires_grad=False):
 def test_scoring_table_matches_pyiqa():
     """Every pyiqa row has pyiqa's mode, direction and score range; NR_METRICS is derived from the rows."""
     pyiqa_names = [n for n, s in scoring.METRICS.items() if s.pyiqa]
-    assert all(scoring.METRICS[n].factory == 'iqa_plugin.nriqa:build_pyiqa_scorer' for n in pyiqa_names)
+    assert all(scoring.METRICS[n].factory == 'iqa_plugin.scoring.pyiqa_adapter:build_pyiqa_scorer' for n in pyiqa_names)
     assert set(NR_METRICS) == {n for n in pyiqa_names if scoring.METRICS[n].kind == 'nr'}
     assert {'lpips', 'dists'} <= set(pyiqa_names) - set(NR_METRICS)
     for name in pyiqa_names:

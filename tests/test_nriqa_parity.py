@@ -2,7 +2,7 @@
 
 For each metric, the test writes random weights in the layout pyiqa publishes them (file names included) into
 ``$IQA_PLUGIN_WEIGHTS_DIR``. Ours is ``scoring.create_metric(name)``: the weights manager finds those files
-and ``iqa_plugin.nriqa`` builds the metric from them. The reference is pyiqa's own network holding the same
+and ``iqa_plugin.scoring.pyiqa_adapter`` builds the metric from them. The reference is pyiqa's own network holding the same
 weights, built here without any of the plugin's code: ``pyiqa.create_metric(name, pretrained_model_path=file)``
 where pyiqa takes a file, and where its constructor fetches files itself (ARNIQA's encoder checkpoint and
 TorchScript regressor, CLIP-IQA's CLIP, the torchvision backbones) pyiqa's own fetch is pointed at the same
@@ -50,7 +50,7 @@ def no_network(monkeypatch):
 
 
 def filenames(name):
-    from iqa_plugin.nriqa import metric_info
+    from iqa_plugin.scoring.pyiqa_adapter import metric_info
     return [wf.filename for wf in metric_info(name).files()]
 
 
@@ -95,7 +95,7 @@ def create(name, **kwargs):
 def reference(name, wdir, tmp_path, monkeypatch):
     """Write random weights for ``name`` into ``wdir`` in pyiqa's published layout; return pyiqa's own network
     holding them, built without the plugin's code."""
-    from iqa_plugin.pyiqa_offline import import_clip
+    from iqa_plugin.scoring.pyiqa_offline import import_clip
     import_clip()  # openai-clip imports pkg_resources, which current setuptools lacks: an import fix only
     files = [wdir / f for f in filenames(name)]
     torch.manual_seed(1)

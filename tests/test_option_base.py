@@ -1,9 +1,9 @@
-"""``base:`` inheritance of option files (iqa_plugin/utils/option_base.py) in the pre-flight and in training."""
+"""``base:`` inheritance of option files (iqa_plugin/basicsr_glue/option_base.py) in the pre-flight and in training."""
 import pytest
 import yaml
 
 import iqa_plugin  # noqa: F401
-from iqa_plugin.utils.option_base import OptionBaseError, deep_merge, load_with_bases, write_resolved
+from iqa_plugin.basicsr_glue.option_base import OptionBaseError, deep_merge, load_with_bases, write_resolved
 
 
 def _write(path, data):
@@ -34,6 +34,6 @@ def test_cycles_and_missing_bases_are_one_line_errors(tmp_path):
     _write(tmp_path / 'z.yml', {'base': 'nope.yml'})
     with pytest.raises(OptionBaseError, match='nope.yml'):
         load_with_bases(tmp_path / 'z.yml')
-    from iqa_plugin.utils.options_check import OptionError, load_yaml
+    from iqa_plugin.basicsr_glue.options_check import OptionError, load_yaml
     with pytest.raises(OptionError, match='nope.yml'):
         load_yaml(tmp_path / 'z.yml')

@@ -1,4 +1,4 @@
-"""The option pre-flight check (``iqa_plugin.utils.options_check``): weights resolved before anything is
+"""The option pre-flight check (``iqa_plugin.basicsr_glue.options_check``): weights resolved before anything is
 written, blocks only the IQA models read, messages with the closest names, ``better`` against the table.
 
 Downloads are off in tests (conftest: ``IQA_PLUGIN_OFFLINE=1``, an empty ``TORCH_HOME``), so the official
@@ -19,13 +19,13 @@ README_MILO = '    milo: {type: calculate_milo, better: lower}'
 
 
 def check(opt, **kwargs):
-    from iqa_plugin.utils.options_check import check_options
+    from iqa_plugin.basicsr_glue.options_check import check_options
     return check_options(opt, **kwargs)
 
 
 def error_of(opt, **kwargs):
     """The OptionError message for ``opt`` (fails the test when the check passes); always one line."""
-    from iqa_plugin.utils.options_check import OptionError
+    from iqa_plugin.basicsr_glue.options_check import OptionError
     with pytest.raises(OptionError) as e:
         check(opt, **kwargs)
     msg = str(e.value)
@@ -59,7 +59,7 @@ def _shipped_option_files():
 
 def _check_shipped(opt):
     """Full check; where it fails only for weights that are not on this machine, the structure check."""
-    from iqa_plugin.utils.options_check import OptionError
+    from iqa_plugin.basicsr_glue.options_check import OptionError
     try:
         check(opt)
     except OptionError as e:
@@ -69,7 +69,7 @@ def _check_shipped(opt):
 
 @pytest.mark.parametrize('path', _shipped_option_files())
 def test_shipped_option_files_pass(path, shared_dir, monkeypatch):
-    from iqa_plugin.utils.options_check import load_yaml
+    from iqa_plugin.basicsr_glue.options_check import load_yaml
     monkeypatch.chdir(REPO)  # option files use paths relative to the repository root
     monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(shared_dir / 'weights' / 'milo'))  # official MILO weights
     opt = load_yaml(path)
@@ -81,7 +81,7 @@ def test_shipped_option_files_pass(path, shared_dir, monkeypatch):
 
 def test_shipped_swinir_milo_options_resolve_official_weights(shared_dir, monkeypatch):
     """With the official MILO file the full check passes; without it the check names the file."""
-    from iqa_plugin.utils.options_check import check_option_file
+    from iqa_plugin.basicsr_glue.options_check import check_option_file
     monkeypatch.chdir(REPO)
     monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(shared_dir / 'weights' / 'milo'))
     check_option_file('options/train/train_swinir_x4_milo.yml')
@@ -92,8 +92,8 @@ def test_shipped_swinir_milo_options_resolve_official_weights(shared_dir, monkey
 
 @pytest.mark.parametrize('arch', ['swinir', 'rrdb'])
 def test_demo_options_pass_with_weights(arch, tmp_path):
-    from iqa_plugin import demo
-    from iqa_plugin.utils.options_check import check_option_file
+    from iqa_plugin.apps import demo
+    from iqa_plugin.basicsr_glue.options_check import check_option_file
     path = demo.write_options(tmp_path, arch=arch, iters=10)
     opt = check_option_file(path)  # the demo uses only shipped weights: resolved for real
     assert opt['train']['iqa_opt'], 'the demo should carry a plugin loss'
@@ -231,7 +231,7 @@ def test_select_by_rejected_under_other_models():
 def test_model_support_attribute():
     from basicsr.models.sr_model import SRModel
 
-    from iqa_plugin.utils.options_check import supports_iqa_options
+    from iqa_plugin.basicsr_glue.options_check import supports_iqa_options
     assert not supports_iqa_options(SRModel)
     assert supports_iqa_options(type('IQAThing', (SRModel,), {}))  # until the mixin's attribute is everywhere
     assert not supports_iqa_options(type('IQAThing', (SRModel,), {'iqa_options': False}))

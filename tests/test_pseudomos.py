@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import iqa_plugin  # noqa: F401
-from iqa_plugin import distortions as D
-from iqa_plugin import pseudomos as P
+from iqa_plugin.labels import distortions as D
+from iqa_plugin.labels import pseudomos as P
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
@@ -213,7 +213,7 @@ def test_cache_build_matches_on_the_fly(image_dir, tmp_path):
 
 def test_cache_io(tmp_path):
     """save_cache / load_cache round trip, atomic write, and the checks both share (pseudomos_cache)."""
-    from iqa_plugin.pseudomos_cache import CACHE_FORMAT, load_cache, save_cache, to_uint8
+    from iqa_plugin.labels.pseudomos_cache import CACHE_FORMAT, load_cache, save_cache, to_uint8
 
     g, n, m = 2, 3, 2
     data = {'ref': to_uint8(torch.rand(g, 3, 16, 16)), 'dist': to_uint8(torch.rand(g, n, 3, 16, 16)),

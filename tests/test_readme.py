@@ -20,7 +20,7 @@ def readme_snippet():
 
 def test_readme_snippet_passes_preflight_offline(monkeypatch, tmp_path):
     from conftest import make_sr_folder
-    from iqa_plugin.utils.options_check import check_options
+    from iqa_plugin.basicsr_glue.options_check import check_options
 
     monkeypatch.setenv('IQA_PLUGIN_OFFLINE', '1')
     monkeypatch.setenv('IQA_PLUGIN_WEIGHTS_DIR', str(tmp_path / 'empty'))

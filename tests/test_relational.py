@@ -14,18 +14,18 @@ from conftest import make_sr_folder, write_tiny_options
 
 from iqa_plugin.archs.relational_arch import (RelationalDistortionNet, RelationalIQANet, RelationalScoreNet,
                                               build_relational_scorer, count_parameters)
-from iqa_plugin.distortions import AXES, DistortionEngine
+from iqa_plugin.labels.distortions import AXES, DistortionEngine
 from iqa_plugin.models.relational_model import kendall_tau, listmle_loss
 
-WEIGHTS = Path(__file__).resolve().parents[1] / 'iqa_plugin' / 'weights' / 'relational.pth'
+WEIGHTS = Path(__file__).resolve().parents[1] / 'iqa_plugin' / 'weights' / 'files' / 'relational.pth'
 
 
 @pytest.fixture
 def shipped_weights():
     """relational.pth is committed with the package: its absence is a broken checkout, a failure, not a skip."""
     if not WEIGHTS.is_file():
-        pytest.fail(f'shipped weights file missing: {WEIGHTS} (committed in iqa_plugin/weights/; '
-                    'restore it from git or rebuild it as iqa_plugin/weights/manifest.json says)')
+        pytest.fail(f'shipped weights file missing: {WEIGHTS} (committed in iqa_plugin/weights/files/; '
+                    'restore it from git or rebuild it as iqa_plugin/weights/files/manifest.json says)')
     return WEIGHTS
 
 
@@ -306,7 +306,7 @@ def _rel_model(tmp_path, stage, **train):
 
 def test_dataset_sets_and_teacher_order(tmp_path):
     from iqa_plugin.data.relational_dataset import RelationalTripletDataset
-    from iqa_plugin.pseudomos import PseudoMOS
+    from iqa_plugin.labels.pseudomos import PseudoMOS
 
     make_sr_folder(tmp_path, n=2, size=48)
     ds = RelationalTripletDataset({'dataroot': str(tmp_path / 'HR'), 'mode': 'sets', 'n_tiers': 4, 'patch_size': 32,

@@ -41,7 +41,7 @@ def test_repro_files_cover_the_table():
 
 def test_repro_chain():
     """Names are unique and each row starts from the latest net of the row before it (psnr -> strategy -> FT)."""
-    from iqa_plugin.utils.options_check import load_yaml
+    from iqa_plugin.basicsr_glue.options_check import load_yaml
 
     opts = {f: load_yaml(FOLDER / f) for f in FILES}
     names = {o['name']: f for f, o in opts.items()}
@@ -105,8 +105,8 @@ def test_repro_options_train(name, multigt_set, tmp_path, monkeypatch):
 
     from iqa_plugin.cli import score_gts
     from iqa_plugin.train import run
-    from iqa_plugin.utils.dist import read_training_state
-    from iqa_plugin.utils.options_check import check_option_file, load_yaml
+    from iqa_plugin.basicsr_glue.dist import read_training_state
+    from iqa_plugin.basicsr_glue.options_check import check_option_file, load_yaml
 
     arch, row = split(name)
     monkeypatch.chdir(tmp_path)  # the shipped relative paths (experiments/...) resolve here

@@ -1,4 +1,4 @@
-"""``iqa-plugin repro --small --tiny`` end to end (``iqa_plugin.repro_small``): data, the four training stages
+"""``iqa-plugin repro --small --tiny`` end to end (``iqa_plugin.apps.repro``): data, the four training stages
 (in-process, tiny nets, 2 iterations each), inference, ``evaluate`` and summary.md; ``--resume``; one-line
 errors for bad input; and the verdict logic of summary.md on hand-made evaluation results.
 """
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from iqa_plugin import repro_small as R
+from iqa_plugin.apps import repro as R
 from iqa_plugin.cli import main as cli_main
 
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
@@ -29,7 +29,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tiny_run_writes_every_stage(tiny_run):
-    from iqa_plugin.utils.option_base import load_with_bases
+    from iqa_plugin.basicsr_glue.option_base import load_with_bases
 
     out, printed = tiny_run
     for stage in R.STAGES:

@@ -9,20 +9,21 @@ from iqa_plugin import scoring
 
 
 def test_rows_are_written_with_keywords_only():
-    """Every ``MetricSpec(...)`` and row helper call in scoring.py names its arguments (the pyiqa helper takes the
+    """Every ``MetricSpec(...)`` and row helper call in scoring/table.py names its arguments (the pyiqa helper takes the
     row's name, its metric_name, first)."""
-    tree = ast.parse(inspect.getsource(scoring))
+    tree = ast.parse(inspect.getsource(scoring.table))
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
              and n.func.id in ('MetricSpec', '_pyiqa_row')]
     assert len(calls) > 20
     for call in calls:
         allowed = 1 if call.func.id == '_pyiqa_row' else 0
-        assert len(call.args) <= allowed, f'scoring.py:{call.lineno}: {call.func.id} with positional arguments'
+        assert len(call.args) <= allowed, f'scoring/table.py:{call.lineno}: {call.func.id} with positional arguments'
 
 
 def test_other_lists_are_derived_from_the_table():
-    from iqa_plugin import evaluate, pseudomos_ensemble
-    from iqa_plugin.nriqa import NR_METRICS, metric_info
+    from iqa_plugin.apps import evaluate
+    from iqa_plugin.labels import pseudomos_ensemble
+    from iqa_plugin.scoring.pyiqa_adapter import NR_METRICS, metric_info
 
     assert set(NR_METRICS) == {n for n, s in scoring.METRICS.items() if s.pyiqa and s.kind == 'nr'}
     for name, info in NR_METRICS.items():
@@ -54,7 +55,7 @@ def test_lpips_and_dists_need_their_files_and_name_them(name):
     """Offline without the files: not available, and the reason names the file and where it is looked for."""
     ok, why = scoring.available_offline(name)
     assert not ok
-    from iqa_plugin.nriqa import locate_files
+    from iqa_plugin.scoring.pyiqa_adapter import locate_files
     found, missing = locate_files(name)
     wf, searched = missing[0]  # the first file that is not here (LPIPS: its AlexNet; the lpips package ships the rest)
     assert wf.filename in why and str(searched[-1]) in why

@@ -113,7 +113,7 @@ def test_threads_option_is_the_plugins_and_sets_torch(tmp_path, tiny_sr, monkeyp
     import pytest
 
     from iqa_plugin import train as T
-    from iqa_plugin.utils.options_check import OptionError
+    from iqa_plugin.basicsr_glue.options_check import OptionError
 
     assert T.split_threads(['-opt', 'a.yml', '--threads', '3', '--debug']) == (['-opt', 'a.yml', '--debug'], '3')
     assert T.split_threads(['-opt', 'a.yml', '--threads=0']) == (['-opt', 'a.yml'], '0')

@@ -126,7 +126,7 @@ def test_official_entries_are_pinned():
 
 # ---------------------------------------------------------------------------------------- light import, places
 def test_weights_module_needs_no_torch_and_finds_torchs_hub_dir(tmp_path):
-    """weights.py imports without torch/numpy and computes torch.hub.get_dir() like torch does."""
+    """The weights manager imports without torch/numpy and computes torch.hub.get_dir() like torch does."""
     script = (
         'import importlib.util, json, os, sys\n'
         f'spec = importlib.util.spec_from_file_location("w", {str(weights.__file__)!r})\n'
@@ -197,7 +197,7 @@ def test_download_file_is_atomic_and_checks_hash(tmp_path, monkeypatch):
 
 
 def test_nriqa_files_go_through_the_same_downloader(tmp_path, monkeypatch):
-    from iqa_plugin import nriqa
+    from iqa_plugin.scoring import pyiqa_adapter as nriqa
 
     src = tmp_path / 'musiq_koniq_ckpt-e95806b9.pth'
     src.write_bytes(b'weights')
@@ -214,7 +214,7 @@ def test_nriqa_files_go_through_the_same_downloader(tmp_path, monkeypatch):
 
 
 def test_nriqa_locate_files_never_downloads(tmp_path, monkeypatch):
-    from iqa_plugin import nriqa
+    from iqa_plugin.scoring import pyiqa_adapter as nriqa
 
     monkeypatch.delenv('IQA_PLUGIN_OFFLINE')  # online: still no download
     found, missing = nriqa.locate_files('musiq')
@@ -239,7 +239,7 @@ def test_shipped_manifest_validates_and_matches_files():
         assert f.is_file(), f'{f} is not shipped'
         assert weights.sha256sum(f) == rec['sha256'] and f.stat().st_size == rec['size'], fname
         assert (weights.PACKAGE_WEIGHTS_DIR / rec['log']).is_file()
-        assert rec['export_command'].startswith('python -m iqa_plugin.export_weights --name ')
+        assert rec['export_command'].startswith('python -m iqa_plugin.weights.export --name ')
         # trained networks: a BasicSR training option file; niqe-fitted: the NIQE fit (not a training run)
         assert ('iqa-plugin train -opt options/metrics/' in rec['command']
                 or 'python -m iqa_plugin.archs.niqe_fitted_arch fit --dataroot ' in rec['command']), rec['command']
@@ -247,7 +247,7 @@ def test_shipped_manifest_validates_and_matches_files():
 
 def _valid_record():
     return {'sha256': 'a' * 64, 'size': 10, 'command': 'iqa-plugin train -opt x.yml',
-            'export_command': 'python -m iqa_plugin.export_weights --name x', 'log': 'x_train.log',
+            'export_command': 'python -m iqa_plugin.weights.export --name x', 'log': 'x_train.log',
             'version': '0.1.0', 'trained': '2026-01-02', 'source_checkpoint': 'c.pth'}
 
 
@@ -286,9 +286,9 @@ def test_invalid_manifest_shapes():
                                        ('relational', 'options/metrics/train_relational_stage2.yml')])
 def test_one_exporter_for_every_packaged_entry(name, opt, tmp_path):
     """Re-exporting a shipped file gives the same tensors, weights_only-loadable, with a valid manifest record."""
-    from iqa_plugin.export_weights import main
+    from iqa_plugin.weights.export import main
 
-    repo = weights.PACKAGE_WEIGHTS_DIR.parents[1]
+    repo = weights.PACKAGE_WEIGHTS_DIR.parents[2]  # iqa_plugin/weights/files -> the repository
     entry = weights.get_entry(name)
     shipped = weights.PACKAGE_WEIGHTS_DIR / entry.filename
     for stage in (1, 2):
@@ -306,12 +306,12 @@ def test_one_exporter_for_every_packaged_entry(name, opt, tmp_path):
     rec = weights.read_manifest(out / 'manifest.json')[entry.filename]
     assert rec['sha256'] == weights.sha256sum(dest) and rec['size'] == dest.stat().st_size
     assert (out / rec['log']).read_text() == 'stage 1\nstage 2\n'
-    assert rec['export_command'].split()[:5] == ['python', '-m', 'iqa_plugin.export_weights', '--name', name]
+    assert rec['export_command'].split()[:5] == ['python', '-m', 'iqa_plugin.weights.export', '--name', name]
     assert not list(out.glob('.export-*')) and not list(out.glob('*.part'))
 
 
 def test_exporter_rejects_a_wrong_checkpoint_and_writes_nothing(tmp_path):
-    from iqa_plugin.export_weights import export
+    from iqa_plugin.weights.export import export
 
     log = tmp_path / 'run.log'
     log.write_text('x')
@@ -329,7 +329,7 @@ def test_exporter_rejects_a_wrong_checkpoint_and_writes_nothing(tmp_path):
 
 def test_exporter_records_the_files_own_version(tmp_path):
     # a retrained file carries its own version (nr-lite 0.2.0 in a 0.1.0 package); default: the package version
-    from iqa_plugin.export_weights import export
+    from iqa_plugin.weights.export import export
     from iqa_plugin.version import __version__
 
     log = tmp_path / 'run.log'

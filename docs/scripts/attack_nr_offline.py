@@ -25,7 +25,7 @@ Reported at steps 0, 50, 100, 200 (``--report``), all against the CLEAN crop and
 * ``MILO q`` / ``MILO err``: MILO's ``quality_score`` / ``raw_error`` (0 = identical, lower = better) with
   the official weights (``--milo-weights``, default ../shared/weights/milo/MILO.pth; the scoring table's
   ``milo`` entry with that file), else the shipped ``milo-pseudomos`` (named in the output);
-* ``p-MOS``: the pseudo-MOS ensemble's default members (``iqa_plugin.pseudomos_ensemble.PseudoMOS``,
+* ``p-MOS``: the pseudo-MOS ensemble's default members (``iqa_plugin.labels.pseudomos_ensemble.PseudoMOS``,
   ``normalize='none'``), oriented member scores averaged: an absolute value, 0 = identical, higher = worse
   (members and their raw values in the JSON);
 * ``PSNR`` (dB, RGB, capped at 100 for identical images) and ``NIQE-fit``: the packaged ``niqe-fitted``
@@ -182,7 +182,7 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e).splitlines()[0])
     milo_label, milo = build_milo(args.milo_weights)
-    from iqa_plugin.pseudomos_ensemble import PseudoMOS
+    from iqa_plugin.labels.pseudomos_ensemble import PseudoMOS
     pmos = PseudoMOS(normalize='none')
     niqe = get_cached_metric('niqe-fitted')
     print(f'{len(names)} photos ({", ".join(names)}), {args.size} px; {milo_label}; p-MOS members '

@@ -8,7 +8,7 @@ CBSD68 only); patches drawn as in docs/scripts/eval_relational.py (``RelationalT
 1. One engine operation at a time (``distortions.apply``, whole image, severity ``--severity``) on ``--images``
    reference patches: the mean over patches of each axis's spatial mean of P(dist, ref) (what ``iqa-plugin diff``
    reports for B = dist, A = ref), and how often the largest axis is the operation's own axis with its sign and
-   above the noise floor (``axis_diff.FLOOR``): 'named'.
+   above the noise floor (``scoring.axes.FLOOR``): 'named'.
 2. The engine's held-out random chains (``mode: pairs``, 1 to 3 mixed operations, masked or global, as in training):
    per axis, with t the spatial mean of the engine's map and p the predicted one, the detection rate (|p| above the
    floor with the sign of t, over chains with |t| >= 0.1), the false-alarm rate (|p| above the floor, over chains
@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import iqa_plugin  # noqa: E402,F401
-from iqa_plugin.axis_diff import FLOOR, image_maps, relational_scorer  # noqa: E402
+from iqa_plugin.scoring.axes import FLOOR, image_maps, relational_scorer  # noqa: E402
 from iqa_plugin.data.relational_dataset import RelationalTripletDataset  # noqa: E402
-from iqa_plugin.distortions import AXES, OPS, apply  # noqa: E402
+from iqa_plugin.labels.distortions import AXES, OPS, apply  # noqa: E402
 
 SHARED = REPO.parent / 'shared'
 HELD_OUT = [SHARED / 'data' / 'train' / 'CSun_Hays80', SHARED / 'data' / 'val' / 'Set14' / 'HR']

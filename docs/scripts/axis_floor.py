@@ -1,9 +1,9 @@
-"""Noise floor of the axis diff (``iqa_plugin.axis_diff.FLOOR``): what P(B, A) gives when nothing changed.
+"""Noise floor of the axis diff (``iqa_plugin.scoring.axes.FLOOR``): what P(B, A) gives when nothing changed.
 
     OMP_NUM_THREADS=1 python docs/scripts/axis_floor.py [--side 128] [--weights PATH] [--nets DEMO_OPT NET]
 
 Images: scikit-image's bundled photos (they ship with its wheel; no download), every ``--side`` px crop on a
-non-overlapping grid whose texture energy (``iqa_plugin.demo.texture_energy``) is at least 1e-4 (a flat crop
+non-overlapping grid whose texture energy (``iqa_plugin.apps.demo.texture_energy``) is at least 1e-4 (a flat crop
 is no photo; +-1 grey level on a flat white field reads as a strong change). Null changes, B relative to A:
 
 * ``identical``: B = A (the network gives exactly 0 by construction; checked);
@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import iqa_plugin  # noqa: E402,F401
-from iqa_plugin.axis_diff import image_maps, relational_score, relational_scorer  # noqa: E402
-from iqa_plugin.distortions import AXES  # noqa: E402
+from iqa_plugin.scoring.axes import image_maps, relational_score, relational_scorer  # noqa: E402
+from iqa_plugin.labels.distortions import AXES  # noqa: E402
 
 PHOTOS = ('astronaut', 'brick', 'camera', 'chelsea', 'coffee', 'coins', 'grass', 'gravel', 'hubble_deep_field',
           'immunohistochemistry', 'moon', 'page', 'retina', 'rocket', 'text', 'horse', 'motorcycle')
@@ -61,7 +61,7 @@ def load_photo(name):
 
 def crops(side):
     """[(name, photo, top, left)] of the textured ``side`` px crops (one pixel kept free right and below)."""
-    from iqa_plugin.demo import texture_energy
+    from iqa_plugin.apps.demo import texture_energy
 
     out = []
     for name in PHOTOS:

@@ -6,12 +6,12 @@
     ... --quick                # 6 Set14 photos, about 40 s
 
 Held-out photos: ``nr-lite`` 0.1.0 and the fitted NIQE were trained/fitted on CBSD68 + CSun_Hays80
-(see ``iqa_plugin/weights/manifest.json`` and docs/nriqa.md), so the default evaluation set is
+(see ``iqa_plugin/weights/files/manifest.json`` and docs/nriqa.md), so the default evaluation set is
 ../shared/data/val/Set14/HR + ../shared/data/train/Kodak24 + ../shared/data/train/McMaster18, each
-centre-cropped to ``--size`` (192) px. Reported per scorer (all through ``iqa_plugin.nriqa.score_candidates``,
+centre-cropped to ``--size`` (192) px. Reported per scorer (all through ``iqa_plugin.scoring.scorer.score_candidates``,
 higher = better, so lower-better metrics are negated):
 
-* ``srcc`` / ``srcc_group``: SRCC against the pseudo-MOS ensemble (``iqa_plugin.pseudomos``) over all
+* ``srcc`` / ``srcc_group``: SRCC against the pseudo-MOS ensemble (``iqa_plugin.labels.pseudomos``) over all
   graded engine distortions (``PseudoMOSDataset``, tiers, 2 chains x 4 severities, seed 7), pooled and
   mean within group (one reference per group);
 * ``pair <type>``: fraction of photos whose clean crop scores above its distorted version, for x4 bicubic
@@ -21,7 +21,7 @@ higher = better, so lower-better metrics are negated):
   3-level posterisation of the first photo, each compared with the lowest-scoring clean photo
   (``below`` = scored below every clean photo);
 * ``pick pos>neg`` / ``pick argmax pos``: "pick the positive" on multi-GT sets written by
-  ``iqa_plugin.multigt_make`` (``make-multigt``; ``--multigt-sets`` 3 sets, seeds ``--seed`` + 0, 1, 2,
+  ``iqa_plugin.apps.multigt_make`` (``make-multigt``; ``--multigt-sets`` 3 sets, seeds ``--seed`` + 0, 1, 2,
   4 candidates per photo as in HGGT) from the same centre crops, labels read with
   ``iqa_plugin.data.multigt_layout`` (HGGT majority vote of the three simulated annotators). In
   make-multigt a Positive is a mild enhancement of the photo (edge-preserving detail boost, CLAHE local
@@ -35,7 +35,7 @@ higher = better, so lower-better metrics are negated):
 Scorers: ``nr-lite`` (the shipped weights; ``--nr-lite-candidate`` adds retrained files, one column each;
 ``--old-nr-lite`` the 0.1.0 weights as the column ``nr-lite 0.1.0``, by default
 experiments/nr_lite_0.1.0.pth when it exists, extracted with
-``git show bbb220c:iqa_plugin/weights/nr_lite.pth > experiments/nr_lite_0.1.0.pth``), ``niqe-fitted``
+``git show bbb220c:iqa_plugin/weights/files/nr_lite.pth > experiments/nr_lite_0.1.0.pth``), ``niqe-fitted``
 (the packaged fit, or ``--niqe-fitted``), two baselines (Laplacian variance and RMS contrast of the luma,
 higher = better) and every pyiqa NR model of the scoring table whose weights are on this machine (listed
 as skipped otherwise). The last line is JSON.
@@ -53,8 +53,9 @@ import torch
 from torch import nn
 
 import iqa_plugin  # noqa: F401  (registries)
-from iqa_plugin import distortions as D
-from iqa_plugin.nriqa import NR_METRICS, NRScorer, score_candidates
+from iqa_plugin.labels import distortions as D
+from iqa_plugin.scoring.pyiqa_adapter import NR_METRICS
+from iqa_plugin.scoring.scorer import NRScorer, score_candidates
 from iqa_plugin.scoring import available_offline, get_cached_metric
 from iqa_plugin.utils.ranking import correlation_report
 
@@ -151,7 +152,7 @@ def multigt_set(clean, seed, candidates=4, sets=1, disagree=0.2):
     from PIL import Image
 
     from iqa_plugin.data import multigt_layout as L
-    from iqa_plugin.multigt_make import load_hr, make_multigt
+    from iqa_plugin.apps.multigt_make import load_hr, make_multigt
 
     images, labels = [], []
     with tempfile.TemporaryDirectory(prefix='eval_nr_multigt_') as tmp:
@@ -230,7 +231,7 @@ def build_scorers(niqe_fitted, nr_lite_candidates=(), pyiqa_models=True, old_nr_
             scorers[OLD_NR_LITE] = get_cached_metric('nr-lite', weights_path=str(old_nr_lite))
         else:
             skipped[OLD_NR_LITE] = (f'{old_nr_lite} not found; extract it with git show '
-                                    f'bbb220c:iqa_plugin/weights/nr_lite.pth > {old_nr_lite}')
+                                    f'bbb220c:iqa_plugin/weights/files/nr_lite.pth > {old_nr_lite}')
     for path in nr_lite_candidates:  # retrained checkpoints (nr_lite_<iter>.pth) next to the shipped one
         scorers[f'nr-lite {Path(path).stem}'] = get_cached_metric('nr-lite', weights_path=path)
     try:  # an explicit fitted file, else the packaged entry of the scoring table

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 import iqa_plugin  # noqa: E402,F401
 from iqa_plugin.archs.relational_arch import build_relational_scorer  # noqa: E402
 from iqa_plugin.data.relational_dataset import RelationalTripletDataset  # noqa: E402
-from iqa_plugin.distortions import AXES  # noqa: E402
+from iqa_plugin.labels.distortions import AXES  # noqa: E402
 from iqa_plugin.utils.ranking import kendall_tau  # noqa: E402
 
 SHARED = REPO.parent / 'shared'
@@ -97,7 +97,7 @@ def eval_agreement(scorer, n, patch, group=6, with_pmos=True):
     milo = create_metric('milo', device='cpu', weights_path=str(SHARED / 'weights' / 'milo' / 'MILO.pth'))
     ens = None
     if with_pmos:
-        from iqa_plugin.pseudomos import PseudoMOS
+        from iqa_plugin.labels.pseudomos import PseudoMOS
 
         ens = PseudoMOS(device='cpu', batch_size=group)
     ds = dataset('pairs', n, patch, seed=3003)
@@ -136,8 +136,8 @@ def make_figure(scorer, path, patch=128):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
-    from iqa_plugin.distortions import DistortionEngine
-    from iqa_plugin.relational_vis import maps_to_rgb
+    from iqa_plugin.labels.distortions import DistortionEngine
+    from iqa_plugin.scoring.relational_vis import maps_to_rgb
 
     ref_np = dataset('pairs', 1, patch, seed=7)[0]['ref'].permute(1, 2, 0).numpy()
     eng = DistortionEngine(seed=0)

@@ -1,5 +1,8 @@
 """A-FINE: full-reference quality that does not assume a perfect reference (Chen et al., CVPR 2025).
 
+Why one file over 450 lines: the repository's rule is one network per ``*_arch.py`` with its factory; A-FINE's
+naturalness, fidelity and calibration heads are parts of that one network and load from one published state dict.
+
 Score of a test image y against a reference x (lower is better)::
 
     N(.)   naturalness: an MLP on the token mean/variance of the raw pixels and of the

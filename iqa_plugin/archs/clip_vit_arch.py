@@ -196,12 +196,12 @@ def visual_state_dict(sd):
 def load_clip_state_dict(path):
     """Full CLIP state dict from OpenAI's TorchScript archive or a plain state-dict file.
 
-    TorchScript archives are read by ``iqa_plugin.torchscript_tensors`` (tensors only, none of the
+    TorchScript archives are read by ``iqa_plugin.utils.torchscript_tensors`` (tensors only, none of the
     archive's code runs); every other file goes through ``weights.load_state_dict``
     (``weights_only=True``). Tensors keep their dtype (OpenAI's file is fp16); ``load_visual_weights``
     converts them.
     """
-    from iqa_plugin.torchscript_tensors import is_torchscript_archive, read_torchscript_tensors
+    from iqa_plugin.utils.torchscript_tensors import is_torchscript_archive, read_torchscript_tensors
 
     path = Path(path)
     if is_torchscript_archive(path):

@@ -1,5 +1,8 @@
 """LGDM-style no-reference quality from a frozen latent diffusion model (Stable Diffusion 1.x).
 
+Why one file over 450 lines: one network per ``*_arch.py`` with its factory; the feature extractor, the guided DDIM
+loop and the regressor are one scorer (its parts have no other user) and docs/lgdm.md describes them together.
+
 After LGDM (Saini, Liao, Ye, Bovik: "Latent Guidance in Diffusion Models for Perceptual
 Evaluations", ICML 2025, arXiv 2506.00327; no code released). Written from the paper's description;
 its exact timesteps, layers and regressor are not public, so all of them are options here
@@ -43,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from iqa_plugin import weights as wm
-from iqa_plugin.nriqa import NRScorer
+from iqa_plugin.scoring.scorer import NRScorer
 from iqa_plugin.scoring import freeze
 from iqa_plugin.utils.image import check_batch_shape
 

@@ -6,7 +6,7 @@ shape/scale of the mean-subtracted contrast-normalised (MSCN) luma and of its fo
 and scores it by the Mahalanobis-like distance between the multivariate Gaussian (MVG) of its blocks
 and the MVG of pristine blocks. The features are pyiqa's (``pyiqa.archs.niqe_arch.compute_feature``,
 ``normalize_img_with_gauss``, ``imresize``, MATLAB Y of YIQ rounded to 8 bit), so a fitted file also
-works with pyiqa's ``niqe`` (``{mu_pris_param, cov_pris_param}`` tensors, what ``iqa_plugin.nriqa``
+works with pyiqa's ``niqe`` (``{mu_pris_param, cov_pris_param}`` tensors, what ``iqa_plugin.scoring.pyiqa_adapter``
 accepts as NIQE weights).
 
 Fitting (``fit_pristine``, ``python -m iqa_plugin.archs.niqe_fitted_arch fit``): every 96 px block of
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from iqa_plugin import weights as wm
-from iqa_plugin.nriqa import NRScorer
+from iqa_plugin.scoring.scorer import NRScorer
 
 BLOCK = 96
 MIN_SIZE = 96

@@ -20,7 +20,7 @@ from torch import nn
 
 from iqa_plugin import weights as wm
 from iqa_plugin.archs.nss_stats import NSSStats, RunningStandardise
-from iqa_plugin.nriqa import NRScorer
+from iqa_plugin.scoring.scorer import NRScorer
 from iqa_plugin.utils.image import check_batch_shape
 
 MIN_SIZE = 32

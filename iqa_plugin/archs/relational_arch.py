@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from iqa_plugin.distortions import AXES
+from iqa_plugin.labels.distortions import AXES
 from iqa_plugin.scoring import freeze
 from iqa_plugin.utils.image import prepare_pair
 

@@ -21,7 +21,7 @@ def add_parser(sub):
 
 
 def listing():
-    from iqa_plugin.bench import BENCHES, describe
+    from iqa_plugin.apps.bench import BENCHES, describe
 
     w = max(len(n) for n in BENCHES)
     lines = [f'usage: {USAGE}   (iqa-plugin bench NAME --help: its options)', '',
@@ -34,7 +34,7 @@ def listing():
 def main_argv(argv):
     import importlib
 
-    from iqa_plugin.bench import BENCHES
+    from iqa_plugin.apps.bench import BENCHES
 
     argv = list(argv)
     if argv[:1] in (['-h'], ['--help']) or argv == ['list']:

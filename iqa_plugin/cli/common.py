@@ -53,7 +53,7 @@ class CommandParser(argparse.ArgumentParser):
 # up in sys.modules only: an exception of a class whose module was never imported cannot be raised, so
 # the policy imports nothing (weights and option checking stay lazy).
 INPUT_ERROR_CLASSES = (
-    'iqa_plugin.utils.options_check:OptionError',  # the option-file pre-flight check (a ValueError)
+    'iqa_plugin.basicsr_glue.options_check:OptionError',  # the option-file pre-flight check (a ValueError)
     'iqa_plugin.weights:WeightsError',  # unknown, missing, unreadable or corrupt weights (a RuntimeError)
 )
 # Built-in classes that are input errors wherever they are raised: paths the user gave.

@@ -26,7 +26,7 @@ def main(args):
         threads = None if os.environ.get('OMP_NUM_THREADS') else 1
     elif threads < 0:
         raise UsageError(f'--threads must be >= 0, got {threads}')
-    from iqa_plugin.demo import run_demo
+    from iqa_plugin.apps.demo import run_demo
 
     run_demo(arch=args.arch, iters=args.iters, out=args.out, val_freq=args.val_freq, device=args.device,
              threads=threads)

@@ -81,7 +81,7 @@ def match_folders(a_dir, a_files, b_dir, b_files):
 
 def _match_to_gt(folder, ref_dir):
     """{GT stem: result file} of ``folder`` by ``iqa-plugin evaluate``'s rule; every file must match."""
-    from iqa_plugin.evaluate import EvaluateError, match_results
+    from iqa_plugin.apps.evaluate import EvaluateError, match_results
     from iqa_plugin.utils.image import list_images
 
     gt_names = [p.stem for p in list_images(ref_dir)]
@@ -163,7 +163,7 @@ def check_sizes(pairs):
 
 # ---------------------------------------------------------------------------------------- networks (--nets)
 def _load_options(opt_path):
-    from iqa_plugin.utils.options_check import load_yaml
+    from iqa_plugin.basicsr_glue.options_check import load_yaml
 
     opt = load_yaml(opt_path)
     if not isinstance(opt.get('network_g'), dict) or 'type' not in opt['network_g']:
@@ -176,7 +176,7 @@ def val_pairs(opt_path, val_name=None):
     from basicsr.utils.registry import DATASET_REGISTRY
 
     import iqa_plugin
-    from iqa_plugin.utils.options_check import lookup
+    from iqa_plugin.basicsr_glue.options_check import lookup
 
     iqa_plugin.register()
     opt = _load_options(opt_path)
@@ -220,7 +220,7 @@ def _build(network_opt, where):
     from basicsr.utils.registry import ARCH_REGISTRY
 
     from iqa_plugin.models import lora
-    from iqa_plugin.utils.options_check import lookup
+    from iqa_plugin.basicsr_glue.options_check import lookup
 
     if lookup(ARCH_REGISTRY, network_opt.get('type')) is None:
         raise UsageError(f"{where}: unknown network type '{network_opt.get('type')}'")
@@ -273,7 +273,7 @@ def load_net(path, opt_path, device='cpu'):
 # ---------------------------------------------------------------------------------------- report
 def table(summary):
     """The per-axis table and the per-image lines (text)."""
-    from iqa_plugin.distortions import AXES
+    from iqa_plugin.labels.distortions import AXES
 
     lines = [f'{"axis":<13}{"mean B-A":>10}{"share":>8}{"floor":>8}  changed']
     for a in AXES:
@@ -304,7 +304,7 @@ class _Staging:
 
     def write(self, name, rgb):
         if self.dir is not None:
-            from iqa_plugin.axis_diff import write_png
+            from iqa_plugin.scoring.axes import write_png
 
             write_png(self.dir / name, rgb)
             self.files.append(name)
@@ -337,7 +337,7 @@ class _Staging:
 
 
 def _figure_axes(diff, item):
-    from iqa_plugin.distortions import AXES
+    from iqa_plugin.labels.distortions import AXES
 
     moved = [a for a, _ in diff.moved(item)]
     if moved:
@@ -367,7 +367,7 @@ def main(args):
         raise UsageError(f'--out exists and is not a folder: {args.out}')
     import torch
 
-    from iqa_plugin.axis_diff import AxisDiff, bar_chart, diff_figure, relational_scorer, sentence
+    from iqa_plugin.scoring.axes import AxisDiff, bar_chart, diff_figure, relational_scorer, sentence
     from iqa_plugin.cli.common import check_device
 
     device = check_device(args.device) or ('cuda' if torch.cuda.is_available() else 'cpu')

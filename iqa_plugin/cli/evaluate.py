@@ -18,7 +18,7 @@ HELP = 'per-image and per-method tables and plots of SR results against (multi-)
 def add_parser(sub):
     import argparse
 
-    from iqa_plugin.evaluate import DEFAULT_METRICS  # no torch at import (the module imports it lazily)
+    from iqa_plugin.apps.evaluate import DEFAULT_METRICS  # no torch at import (the module imports it lazily)
 
     p = sub.add_parser(NAME, help=HELP, description=__doc__.split('\n\n')[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n\n', 1)[1])
@@ -38,7 +38,7 @@ def main(args):
     import warnings
 
     from iqa_plugin.cli.common import UsageError, check_device
-    from iqa_plugin.evaluate import EvaluateError, EvaluateWarning, evaluate
+    from iqa_plugin.apps.evaluate import EvaluateError, EvaluateWarning, evaluate
 
     check_device(args.device)
     if args.batch_size < 1:

@@ -29,7 +29,7 @@ def add_parser(sub):
 
 
 def main(args):
-    from iqa_plugin.multigt_make import make_multigt
+    from iqa_plugin.apps.multigt_make import make_multigt
 
     s = make_multigt(args.src, args.out, set_name=args.set_name, seed=args.seed, size=args.size,
                      candidates=args.candidates, disagree=args.disagree, limit=args.limit)

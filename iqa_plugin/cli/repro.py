@@ -54,7 +54,7 @@ def main(args):
         if not Path(args.weights_dir).is_dir():
             raise UsageError(f'--weights-dir folder not found: {args.weights_dir}')
         os.environ['IQA_PLUGIN_WEIGHTS_DIR'] = str(Path(args.weights_dir).resolve())
-    from iqa_plugin.repro_small import ReproError, run
+    from iqa_plugin.apps.repro import ReproError, run
 
     try:
         res = run(out=args.out, src=args.src, arch=args.arch, scale='tiny' if args.tiny else 'small',

@@ -207,8 +207,8 @@ def _write_rgb(path, rgb):
 
 def save_maps(maps, out_dir, stem):
     """Write the per-axis colour maps of (K, H, W) ``maps`` (values in [-1, 1]); returns the written paths."""
-    from iqa_plugin.distortions import AXES
-    from iqa_plugin.relational_vis import maps_grid, maps_to_rgb
+    from iqa_plugin.labels.distortions import AXES
+    from iqa_plugin.scoring.relational_vis import maps_grid, maps_to_rgb
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ def relational(args):
 def _compare(args, kwargs):
     import torch
 
-    from iqa_plugin.relational_vis import dominant_axes
+    from iqa_plugin.scoring.relational_vis import dominant_axes
     from iqa_plugin.utils.image import read_image
 
     a_path, b_path = (Path(p) for p in args.compare)
@@ -276,7 +276,7 @@ def _compare(args, kwargs):
 def _save_maps(args, kwargs):
     import torch
 
-    from iqa_plugin.relational_vis import dominant_axes
+    from iqa_plugin.scoring.relational_vis import dominant_axes
     from iqa_plugin.utils.image import read_image
 
     pairs = file_pairs(args.ref, args.dist)

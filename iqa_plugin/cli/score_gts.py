@@ -71,7 +71,7 @@ def dataset_files(dopt, where):
 def score_files(files, scorer_name, scorer_options, device, known=None, log=print):
     """({path: sha256}, {sha256: score higher = better}); contents in ``known`` {sha256: score} are reused."""
     from iqa_plugin.weights import sha256sum
-    from iqa_plugin.nriqa import score_candidates
+    from iqa_plugin.scoring.scorer import score_candidates
     from iqa_plugin.scoring import get_cached_metric
     from iqa_plugin.utils.image import read_image
 
@@ -94,7 +94,7 @@ def main(args):
     from pathlib import Path
 
     from iqa_plugin.models import gt_sampling as gs
-    from iqa_plugin.utils.option_base import load_with_bases
+    from iqa_plugin.basicsr_glue.option_base import load_with_bases
 
     check_device(args.device)
     option_file = Path(args.opt)

@@ -41,7 +41,7 @@ import torch
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-from iqa_plugin.distortions import DistortionEngine, image_to_tensor, tensor_to_image
+from iqa_plugin.labels.distortions import DistortionEngine, image_to_tensor, tensor_to_image
 from iqa_plugin.utils.image import list_images, read_image
 
 _ALIASES = {

@@ -3,10 +3,10 @@
 Registered in BasicSR's ``DATASET_REGISTRY`` as ``PseudoMOSDataset``. Two sources:
 
 * on the fly (``dataroot``): each item crops a patch from an image, distorts it ``group_size``
-  times with ``iqa_plugin.distortions.DistortionEngine`` and (optionally) scores the group with the
-  ``iqa_plugin.pseudomos_ensemble.PseudoMOS`` ensemble. Item ``i`` is a pure function of (``seed``, ``i``), so
+  times with ``iqa_plugin.labels.distortions.DistortionEngine`` and (optionally) scores the group with the
+  ``iqa_plugin.labels.pseudomos_ensemble.PseudoMOS`` ensemble. Item ``i`` is a pure function of (``seed``, ``i``), so
   results do not depend on worker count or order.
-* a cache file (``cache_file``) written by ``python -m iqa_plugin.pseudomos build`` with the same
+* a cache file (``cache_file``) written by ``python -m iqa_plugin.labels.pseudomos build`` with the same
   options: the same items, read back instead of recomputed (the ensemble is the slow part).
 
 Images and patches are 8-bit valued (``round(255 x) / 255``), so cached and fresh items are identical.
@@ -16,9 +16,9 @@ import torch
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-from iqa_plugin.distortions import AXES, DistortionEngine
-from iqa_plugin.pseudomos_cache import load_cache
-from iqa_plugin.pseudomos_ensemble import MEMBERS, NORMALIZATIONS, PseudoMOS, normalize_scores, resolve_members
+from iqa_plugin.labels.distortions import AXES, DistortionEngine
+from iqa_plugin.labels.pseudomos_cache import load_cache
+from iqa_plugin.labels.pseudomos_ensemble import MEMBERS, NORMALIZATIONS, PseudoMOS, normalize_scores, resolve_members
 from iqa_plugin.utils.image import image_paths, quantise8, read_image
 
 
@@ -28,7 +28,7 @@ class PseudoMOSDataset(data.Dataset):
 
     Options (``opt`` dict, BasicSR's dataset block):
         dataroot (str | list[str]): folder(s) of reference images (any content); or
-        cache_file (str): a file from ``python -m iqa_plugin.pseudomos build`` (takes precedence).
+        cache_file (str): a file from ``python -m iqa_plugin.labels.pseudomos build`` (takes precedence).
         patch_size (int): P, default 128 (smaller images are upscaled to fit).
         group_size (int): N distorted versions per reference, default 8.
         mode (str): 'tiers' (``chains`` ranked chains of ``N / chains`` increasing severities, same

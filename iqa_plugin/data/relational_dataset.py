@@ -1,7 +1,7 @@
 """Self-supervised triplets and ranked tiers for relational IQA, from any folder(s) of images.
 
 Registered in BasicSR's ``DATASET_REGISTRY`` as ``RelationalTripletDataset``. Every distortion comes
-from the project's one engine (``iqa_plugin.distortions.DistortionEngine``); item ``i`` is a pure
+from the project's one engine (``iqa_plugin.labels.distortions.DistortionEngine``); item ``i`` is a pure
 function of (``seed``, ``i``), so results do not depend on worker count or order.
 
 Modes (``mode`` option):
@@ -22,7 +22,7 @@ import torch
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-from iqa_plugin.distortions import AXES, DistortionEngine
+from iqa_plugin.labels.distortions import AXES, DistortionEngine
 from iqa_plugin.utils.image import image_paths, quantise8, read_image
 
 MODES = ('pairs', 'tiers', 'sets')

@@ -14,7 +14,7 @@ checks follow ``FrozenIQALoss`` (float32 outside autocast; values read back on t
 from basicsr.utils.registry import LOSS_REGISTRY
 
 from iqa_plugin.losses.frozen_iqa import FrozenIQALoss
-from iqa_plugin.nriqa import NRScorer
+from iqa_plugin.scoring.scorer import NRScorer
 
 
 @LOSS_REGISTRY.register()

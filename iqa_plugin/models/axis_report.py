@@ -1,5 +1,5 @@
 """``val.axis_report``: at each validation, what changed in the outputs relative to a reference checkpoint, axis by
-axis (the relational maps of ``iqa_plugin.axis_diff``, as ``iqa-plugin diff`` reports them).
+axis (the relational maps of ``iqa_plugin.scoring.axes``, as ``iqa-plugin diff`` reports them).
 
     val:
       axis_report: {against: previous}   # or best: the checkpoint val.select_by saved as net_g_best
@@ -7,7 +7,7 @@ axis (the relational maps of ``iqa_plugin.axis_diff``, as ``iqa-plugin diff`` re
 
 Each validation image's output (clamped to [0, 1], stored as 16-bit) is compared with the reference checkpoint's
 output for the same image: ``P(current, reference)`` per axis, spatially averaged, then averaged over the images;
-an axis counts as changed above its noise floor (``axis_diff.FLOOR``). The log gets one sentence per validation
+an axis counts as changed above its noise floor (``scoring.axes.FLOOR``). The log gets one sentence per validation
 set ("iter 1000 is sharper (sharpness +0.12) than iter 500 (previous); other axes unchanged"), TensorBoard the
 scalars ``axes/<axis>`` (``axes/<dataset>/<axis>`` for a second validation set) and one figure ``axes/report`` (the
 per-axis bars over the first image's maps of the axes that moved).
@@ -146,12 +146,12 @@ class AxisReport:
         shutil.rmtree(root, ignore_errors=True)  # files of an earlier run of this experiment are never read
 
     def scorer(self):
-        from iqa_plugin.axis_diff import relational_scorer
+        from iqa_plugin.scoring.axes import relational_scorer
 
         return relational_scorer(self.device)
 
     def begin(self, dataset):
-        from iqa_plugin.axis_diff import AxisDiff
+        from iqa_plugin.scoring.axes import AxisDiff
 
         if dataset not in self.sets:
             self.sets[dataset] = _DatasetReport(osp.join(self.root, _safe(dataset)), self.max_bytes)
@@ -163,7 +163,7 @@ class AxisReport:
     def image(self, dataset, index, output):
         """One validation output (1, 3, H, W) in [0, 1]: stored, and compared with the reference's when there is one."""
         from iqa_plugin.archs.relational_arch import MIN_SIZE
-        from iqa_plugin.axis_diff import image_maps
+        from iqa_plugin.scoring.axes import image_maps
 
         rep = self.sets[dataset]
         q = quantise(output)
@@ -185,7 +185,7 @@ class AxisReport:
         outputs become the reference. Returns the summary (None when there was no reference yet)."""
         from basicsr.utils import get_root_logger
 
-        from iqa_plugin.axis_diff import bar_chart, diff_figure, sentence, stack
+        from iqa_plugin.scoring.axes import bar_chart, diff_figure, sentence, stack
 
         logger = get_root_logger()
         rep = self.sets[dataset]
@@ -205,7 +205,7 @@ class AxisReport:
             skipped = f'; {len(rep.skipped)} skipped (size)' if rep.skipped else ''
             logger.info(f'Axis report {dataset}: {text} [{summary["images"]} images{skipped}]')
             if tb_logger:
-                from iqa_plugin.distortions import AXES
+                from iqa_plugin.labels.distortions import AXES
 
                 prefix = 'axes' if dataset == self.first_set else f'axes/{dataset}'
                 for axis in AXES:

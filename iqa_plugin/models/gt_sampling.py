@@ -1,5 +1,10 @@
 """Ground-truth selection strategies for multi-GT SR training (docs/multigt.md).
 
+Why one file over 450 lines: the six strategies are one registry behind one interface (``pick``, ``check``,
+``state_dict``) and share the option checks, the seeded generator and the score-cache file (written by ``iqa-plugin
+score-gts``, read by sma/smp); each strategy is a short class, and splitting them per file would scatter those
+shared helpers.
+
 Every training sample carries N ground-truth candidates (``MultiGTDataset``: index 0 the original, then
 the enhanced versions, each with a label). A strategy picks one candidate per sample every iteration:
 
@@ -15,7 +20,7 @@ the enhanced versions, each with a label). A strategy picks one candidate per sa
 ``sma``    SoftMax_tau over the image-level scores of all N candidates (Zhang et al., CVPR 2025)
 ``smp``    SoftMax_tau over the image-level scores of the positives only
 ``amo``    Argmax-Online: scores every candidate *crop* of the batch in one no-grad batched forward
-           (``iqa_plugin.nriqa.score_candidates``, higher = better) and takes the argmax per sample (ties:
+           (``iqa_plugin.scoring.scorer.score_candidates``, higher = better) and takes the argmax per sample (ties:
            the lowest index); ``among: positives`` restricts it to the positives
 =========  ==========================================================================================
 
@@ -452,7 +457,7 @@ class AMOStrategy(GTStrategy):
 
     def score(self, batch):
         """(B, N) float32 CPU scores of every candidate crop, higher = better."""
-        from iqa_plugin.nriqa import score_candidates
+        from iqa_plugin.scoring.scorer import score_candidates
 
         cands = batch.get('gt_candidates')
         if not torch.is_tensor(cands) or cands.ndim != 5:

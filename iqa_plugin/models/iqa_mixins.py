@@ -41,7 +41,7 @@ from iqa_plugin import scoring
 from iqa_plugin.models.axis_report import AxisReportMixin
 from iqa_plugin.models.selection import build_selection, validator_metric
 from iqa_plugin.utils import val_tensors
-from iqa_plugin.utils.dist import read_training_state, wait_for_rank0_validation
+from iqa_plugin.basicsr_glue.dist import read_training_state, wait_for_rank0_validation
 
 
 class IQALossBundle(nn.Module):

@@ -5,13 +5,13 @@ One network ``net_g`` trained on ``PseudoMOSDataset`` groups and validated again
 validation set runs the slow pseudo-MOS ensemble only at the first validation). Optimizer, training
 step, validation log and checkpoint files come from ``MetricTrainModel``.
 
-Conventions: pseudo-MOS is **higher = worse** (``iqa_plugin.pseudomos``); ``badness`` scores are
+Conventions: pseudo-MOS is **higher = worse** (``iqa_plugin.labels.pseudomos``); ``badness`` scores are
 oriented the same way (a higher-is-better model returns ``-score``).
 """
 import numpy as np
 import torch
 
-from iqa_plugin.label_free import augment_group, random_crop_group
+from iqa_plugin.labels.augment import augment_group, random_crop_group
 from iqa_plugin.models.metric_train_base import MetricTrainModel
 from iqa_plugin.scoring import freeze
 from iqa_plugin.utils.ranking import correlation_report

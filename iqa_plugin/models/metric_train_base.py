@@ -1,6 +1,6 @@
 """``MetricTrainModel``: the BasicSR model base of the plugin's metric trainings.
 
-``MILOPseudoMOSModel`` and ``NRLiteModel`` (through ``iqa_plugin.label_free.LabelFreeModel``),
+``MILOPseudoMOSModel`` and ``NRLiteModel`` (through ``iqa_plugin.labels.augment.LabelFreeModel``),
 ``RelationalModel`` and ``AFINEModel`` share, instead of each writing its own:
 
 * optimizers: ``get_optimizer`` builds any ``torch.optim`` class by name (BasicSR 1.4.2's knows only
@@ -10,7 +10,7 @@
   scalar losses, refuses a non-finite total (``FloatingPointError`` naming each loss), back-propagates,
   steps every optimizer and sets ``log_dict`` (the losses and ``l_total``, reduced over processes);
 * validation: ``dist_validation`` runs ``nondist_validation`` on rank 0 only (the other ranks wait for it,
-  ``iqa_plugin.utils.dist.wait_for_rank0_validation``); ``record_validation``
+  ``iqa_plugin.basicsr_glue.dist.wait_for_rank0_validation``); ``record_validation``
   keeps BasicSR's best-metric bookkeeping (``better`` per metric: argument, else the option's
   ``val.metrics.<name>.better``, else 'higher'), logs one block and writes
   ``metrics/<dataset>/<name>`` TensorBoard scalars;
@@ -29,7 +29,7 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info, master_only
 
-from iqa_plugin.utils.dist import wait_for_rank0_validation
+from iqa_plugin.basicsr_glue.dist import wait_for_rank0_validation
 
 
 class MetricTrainModel(BaseModel):

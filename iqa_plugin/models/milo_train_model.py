@@ -1,7 +1,7 @@
 """``MILOPseudoMOSModel``: train MILO from scratch without human labels (``model_type: MILOPseudoMOSModel``).
 
 Data: ``PseudoMOSDataset`` groups, each a reference patch with N distorted versions from the
-distortion engine and their pseudo-MOS (``iqa_plugin.pseudomos``; higher = worse, normalised
+distortion engine and their pseudo-MOS (``iqa_plugin.labels.pseudomos``; higher = worse, normalised
 within the group).
 
 Objective, per group (the pseudo-MOS is only trusted *within* a reference's group, where content
@@ -31,13 +31,13 @@ Checkpoints: ``net_g_<iter>.pth`` (BasicSR layout, ``params`` and ``params_ema``
 ``milo_pseudomos_<iter>.pth``: a plain state dict in the official key layout
 (``mask_finder_1.netBasic.*``, ``scaler_network.model.*``), loadable with
 ``build_milo_scorer(weights='milo-pseudomos', weights_path=...)``; ship it with
-``python -m iqa_plugin.export_weights --name milo-pseudomos --checkpoint ...``.
+``python -m iqa_plugin.weights.export --name milo-pseudomos --checkpoint ...``.
 """
 from collections import OrderedDict
 
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from iqa_plugin.export_weights import plain_weights
+from iqa_plugin.weights.export import plain_weights
 from iqa_plugin.models.label_free_base import LabelFreeModel
 from iqa_plugin.utils.ranking import group_plcc_loss, pairwise_rank_loss
 

@@ -40,7 +40,7 @@ from iqa_plugin.data.multigt_layout import LABEL_POSITIVE
 from iqa_plugin.models.iqa_gan_model import IQARealESRGANModel
 from iqa_plugin.models.iqa_mixins import IQAModelMixin
 from iqa_plugin.models.selection import validator_metric
-from iqa_plugin.utils.dist import gather_to_rank0
+from iqa_plugin.basicsr_glue.dist import gather_to_rank0
 
 
 def is_full_reference(block):

@@ -40,7 +40,7 @@ Options::
 
 Checkpoints: ``net_g_<iter>.pth`` (BasicSR layout) and ``nr_lite_<iter>.pth``, a plain state dict
 plus a ``config`` entry (``NRLite`` arguments) that ``build_nr_lite_scorer(weights_path=...)`` loads;
-ship it with ``python -m iqa_plugin.export_weights --name nr-lite --checkpoint ...``.
+ship it with ``python -m iqa_plugin.weights.export --name nr-lite --checkpoint ...``.
 """
 import math
 from collections import OrderedDict
@@ -48,7 +48,7 @@ from collections import OrderedDict
 import torch
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from iqa_plugin.export_weights import plain_weights
+from iqa_plugin.weights.export import plain_weights
 from iqa_plugin.models.label_free_base import LabelFreeModel
 from iqa_plugin.utils.ranking import pairwise_rank_loss
 

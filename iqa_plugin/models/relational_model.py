@@ -15,7 +15,7 @@ Two stages, selected by ``train.stage`` (see ``iqa_plugin.archs.relational_arch`
    true order, best first): ``L2 = -sum_t [s_t - logsumexp(s_t, ..., s_{T-1})]`` (mean over items).
    The distortion network is frozen unless ``train.finetune_distortion: true``.
    With ``train.teacher`` (``{type: pseudomos, members: ...}``) the order comes from the label-free
-   pseudo-MOS ensemble (``iqa_plugin.pseudomos``) instead of the tier index; this is what
+   pseudo-MOS ensemble (``iqa_plugin.labels.pseudomos``) instead of the tier index; this is what
    ``mode: sets`` data (independent chains of different types, no constructed order) needs, and what
    teaches the score network how distortion *types* weigh against each other.
 
@@ -41,7 +41,7 @@ Options (besides BasicSR's ``datasets``, ``path``, ``logger``)::
 
 Checkpoints: ``net_rel_<iter>.pth`` (BasicSR layout) and ``relational_<iter>.pth``, a plain state dict
 that ``build_relational_scorer(weights_path=...)`` loads (the format of the packaged
-``iqa_plugin/weights/relational.pth``).
+``iqa_plugin/weights/files/relational.pth``).
 """
 from collections import OrderedDict
 
@@ -50,7 +50,7 @@ from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from iqa_plugin.export_weights import plain_weights
+from iqa_plugin.weights.export import plain_weights
 from iqa_plugin.models.metric_train_base import MetricTrainModel
 from iqa_plugin.utils.ranking import kendall_tau, listmle_loss
 
@@ -148,7 +148,7 @@ class RelationalModel(MetricTrainModel):
         kind = opt.pop('type', 'pseudomos')
         if kind != 'pseudomos':
             raise ValueError(f"train.teacher.type must be 'pseudomos', got {kind!r}")
-        from iqa_plugin.pseudomos import PseudoMOS
+        from iqa_plugin.labels.pseudomos import PseudoMOS
 
         return PseudoMOS(device=self.device, **opt)
 

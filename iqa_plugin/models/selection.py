@@ -167,8 +167,8 @@ class RelationalSelection(MetricSelection):
         return new
 
     def _log_maps(self, scorer, pair, tb_logger, current_iter):
-        from iqa_plugin.distortions import AXES
-        from iqa_plugin.relational_vis import map_to_rgb
+        from iqa_plugin.labels.distortions import AXES
+        from iqa_plugin.scoring.relational_vis import map_to_rgb
 
         out, gt = pair
         with torch.no_grad():
