@@ -1,4 +1,4 @@
-"""``iqa-plugin bench``: performance harnesses (``iqa_plugin.bench.BENCHES``).
+"""``iqa-plugin bench``: performance harnesses (``iqa_plugin.apps.bench.BENCHES``).
 
     iqa-plugin bench --help | list      the benches, one line each
     iqa-plugin bench NAME [ARGS...]     run one (``bench NAME --help`` for its options)

@@ -1,4 +1,4 @@
-"""``iqa-plugin demo``: train a small x4 SR model on bundled images (``iqa_plugin.demo.run_demo``)."""
+"""``iqa-plugin demo``: train a small x4 SR model on bundled images (``iqa_plugin.apps.demo.run_demo``)."""
 NAME = 'demo'
 HELP = 'train a small x4 SR model on bundled images'
 

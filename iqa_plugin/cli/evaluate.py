@@ -1,4 +1,4 @@
-"""``iqa-plugin evaluate``: score folders of SR results against ground truths (``iqa_plugin.evaluate``).
+"""``iqa-plugin evaluate``: score folders of SR results against ground truths (``iqa_plugin.apps.evaluate``).
 
     iqa-plugin evaluate --results DIR [DIR ...] --gt DIR [--labels DIR] [--metrics psnr,ssim,...]
                         [--out DIR] [--device cpu|cuda] [--batch-size N]

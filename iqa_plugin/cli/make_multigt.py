@@ -1,4 +1,4 @@
-"""``iqa-plugin make-multigt``: write a synthetic multi-GT set in HGGT's layout (``iqa_plugin.multigt_make``).
+"""``iqa-plugin make-multigt``: write a synthetic multi-GT set in HGGT's layout (``iqa_plugin.apps.multigt_make``).
 
     iqa-plugin make-multigt --src HR_DIR --out DIR [--set NAME] [--seed S] [--size N]
                             [--candidates K] [--disagree P] [--limit M]

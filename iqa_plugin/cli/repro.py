@@ -1,4 +1,4 @@
-"""``iqa-plugin repro``: the augmented-SR experiment end to end, offline (``iqa_plugin.repro_small``).
+"""``iqa-plugin repro``: the augmented-SR experiment end to end, offline (``iqa_plugin.apps.repro``).
 
     iqa-plugin repro --small [--out DIR] [--src DIR] [--size N] [--arch rrdb|swinir] [--iters-scale F]
                      [--tiny] [--device auto|cpu|cuda] [--threads N] [--resume] [--weights-dir DIR]
