@@ -15,6 +15,9 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['iqa_plugin', 'iqa_plugin.*']),
+    # the command's entry module, outside the package so that it can ask the package to defer its registration
+    # before importing it (iqa_plugin_cli.py's docstring)
+    py_modules=['iqa_plugin_cli'],
     # iqa_plugin/weights/files/ (the shipped weights, next to the weights manager iqa_plugin/weights/__init__.py)
     # and iqa_plugin/apps/configs/ (the demo's option file) are data folders of the packages iqa_plugin.weights and
     # iqa_plugin.apps, not packages: they ship through package_data alone. include_package_data=True would make
@@ -38,5 +41,5 @@ setup(
         'numpy',
     ],
     extras_require={'test': ['pytest', 'diffusers'], 'latent': ['diffusers']},
-    entry_points={'console_scripts': ['iqa-plugin=iqa_plugin.cli:main']},
+    entry_points={'console_scripts': ['iqa-plugin=iqa_plugin_cli:main']},
 )

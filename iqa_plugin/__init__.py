@@ -6,13 +6,14 @@ nothing until the old torchvision name is asked for) and the finder of the packa
 ``register()``, which imports the plugin's archs, losses, metrics, datasets and models so that they are in
 BasicSR's registries.
 
-The ``iqa-plugin`` command's own process skips that import (it would load torch, BasicSR and pyiqa,
-seconds, for ``--help``): its subcommands call ``register()`` when they need the registries.
-``IQA_PLUGIN_LAZY_REGISTER`` overrides the choice: ``1`` defers registration in any process, ``0``
-registers at import even in the command (the eager path, the baseline of ``iqa-plugin bench cli``).
+Registration at import is unconditional but for one explicit switch: with ``IQA_PLUGIN_LAZY_REGISTER=1``
+(also ``true``/``yes``/``on``) in the environment the import leaves it to a later ``register()``. The
+``iqa-plugin`` command's entry module (top-level ``iqa_plugin_cli``, outside this package) sets it while it
+imports the package, so ``--help`` and ``weights list`` load no torch, BasicSR or pyiqa; its subcommands call
+``register()`` when they need the registries. Nothing else (argv, the script's name) changes what the import
+does; ``python -m iqa_plugin.cli`` therefore registers eagerly (``python -m iqa_plugin_cli`` is the fast form).
 """
 import os
-import sys
 
 from iqa_plugin.basicsr_glue import compat
 
@@ -25,9 +26,6 @@ moved.install()
 from iqa_plugin.version import __version__  # noqa: E402
 
 __all__ = ['__version__', 'register', 'is_registered']
-
-CLI_NAMES = ('iqa-plugin', 'iqa-plugin.exe', 'iqa-plugin-script.py')  # console-script file names
-CLI_MODULES = ('iqa_plugin.cli',)  # ``python -m`` targets that are the command
 
 _registered = False
 
@@ -46,21 +44,10 @@ def is_registered():
     return _registered
 
 
-def _in_cli_process():
-    """True when this interpreter is running the ``iqa-plugin`` command (console script, or
-    ``python -m iqa_plugin.cli``); then registration waits for the subcommand."""
-    flag = os.environ.get('IQA_PLUGIN_LAZY_REGISTER', '').strip().lower()
-    if flag in ('1', 'true', 'yes', 'on'):
-        return True
-    if flag in ('0', 'false', 'no', 'off'):
-        return False
-    if sys.argv and os.path.basename(sys.argv[0]) in CLI_NAMES:
-        return True
-    if not sys.argv or sys.argv[0] != '-m':  # '-m' while ``python -m`` imports the target's packages
-        return False
-    orig = list(getattr(sys, 'orig_argv', ()))  # Python >= 3.10: the interpreter's own arguments
-    return any(a == '-m' and i + 1 < len(orig) and orig[i + 1] in CLI_MODULES for i, a in enumerate(orig))
+def _lazy_requested():
+    """True when ``IQA_PLUGIN_LAZY_REGISTER`` asks this process to defer registration to ``register()``."""
+    return os.environ.get('IQA_PLUGIN_LAZY_REGISTER', '').strip().lower() in ('1', 'true', 'yes', 'on')
 
 
-if not _in_cli_process():
+if not _lazy_requested():
     register()

@@ -67,23 +67,57 @@ def _imported(importtime_stderr):
 
 @pytest.mark.parametrize('args', [['--help'], ['weights', 'list'], ['bench', '--help'], ['score', '--help']])
 def test_light_commands_import_no_torch(args, tmp_path):
-    """``python -m iqa_plugin.cli`` (like the console script) defers the registration."""
-    r = run_python('-X', 'importtime', '-m', 'iqa_plugin.cli', *args, cwd=tmp_path)
+    """The command's entry module (``python -m iqa_plugin_cli``, what the console script runs) defers the
+    registration."""
+    r = run_python('-X', 'importtime', '-m', 'iqa_plugin_cli', *args, cwd=tmp_path,
+                   env={'IQA_PLUGIN_LAZY_REGISTER': ''})
     assert r.returncode == 0, r.stderr[-3000:]
     heavy = _imported(r.stderr) & {'torch', 'torchvision', 'basicsr', 'pyiqa', 'numpy', 'cv2'}
     assert not heavy, f'{args} imported {heavy}'
     assert 'iqa_plugin' in _imported(r.stderr)
 
 
-def test_console_script_defers_and_import_registers():
+def test_console_script_runs_the_entry_module():
+    """setup.py's console script is the top-level entry module, which setup.py ships."""
+    setup_py = (REPO / 'setup.py').read_text()
+    assert "'iqa-plugin=iqa_plugin_cli:main'" in setup_py and "py_modules=['iqa_plugin_cli']" in setup_py
+    script = Path(sys.executable).with_name('iqa-plugin')
+    if script.is_file():  # the installed script was generated from the current entry point
+        assert 'from iqa_plugin_cli import main' in script.read_text()
+
+
+def test_import_registers_whatever_argv_says():
+    """Only the explicit switch defers registration: argv (a console script's name, ``-m``) does not."""
     import iqa_plugin
     assert iqa_plugin.is_registered()  # this process imported it as a library: everything registered
     code = ("import sys; sys.argv[0] = '/some/bin/iqa-plugin'; import iqa_plugin; "
             "print(iqa_plugin.is_registered(), 'torch' in sys.modules)")
     r = run_python('-c', code, env={'IQA_PLUGIN_LAZY_REGISTER': ''})
-    assert r.returncode == 0 and r.stdout.split() == ['False', 'False'], r.stderr
-    r = run_python('-c', code, env={'IQA_PLUGIN_LAZY_REGISTER': '0'})  # the eager path, forced
     assert r.returncode == 0 and r.stdout.split() == ['True', 'True'], r.stderr
+    r = run_python('-c', code, env={'IQA_PLUGIN_LAZY_REGISTER': '1'})  # the switch
+    assert r.returncode == 0 and r.stdout.split() == ['False', 'False'], r.stderr
+
+
+def test_entry_module_defers_only_while_importing(tmp_path):
+    """The entry module sets the switch for the package's import only (children of the command register as
+    usual); a switch already in the environment wins (``0``: the eager baseline of ``bench cli``)."""
+    code = ("import os, sys, io, contextlib\n"
+            "import iqa_plugin_cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n"
+            "        iqa_plugin_cli.main(['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "import iqa_plugin\n"
+            "print(iqa_plugin.is_registered(), 'torch' in sys.modules, repr(os.environ.get('IQA_PLUGIN_LAZY_REGISTER')))\n")
+    env = {k: v for k, v in os.environ.items() if k != 'IQA_PLUGIN_LAZY_REGISTER'}
+    r = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.split() == ['False', 'False', 'None'], (r.stdout, r.stderr[-3000:])
+    r = run_python('-c', code, cwd=tmp_path, env={'IQA_PLUGIN_LAZY_REGISTER': ''})  # empty: as unset
+    assert r.returncode == 0 and r.stdout.split() == ['False', 'False', "''"], (r.stdout, r.stderr[-3000:])
+    r = run_python('-c', code, cwd=tmp_path, env={'IQA_PLUGIN_LAZY_REGISTER': '0'})
+    assert r.returncode == 0 and r.stdout.split() == ['True', 'True', "'0'"], (r.stdout, r.stderr[-3000:])
 
 
 def test_register_is_idempotent():
