@@ -156,3 +156,40 @@ def test_threads_option(monkeypatch, capsys):
         main(['demo', '--threads', '-1'])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err == 'iqa-plugin: error: --threads must be >= 0, got -1\n'
+
+
+def test_summary_numbers_are_the_models_recorded_values(short_run):
+    """The summary's model column is the model's own last validation (``metric_results``, recorded by the demo in
+    ``last_validation.json``), not text parsed from the log; its iteration is the last validation's."""
+    import json
+
+    out, stdout = short_run
+    record = json.loads(demo.last_validation_path(out, 'swinir').read_text())
+    assert record['dataset'] == demo.VAL_DATASET and record['iter'] == 4
+    assert set(record['metrics']) == {'psnr', 'ssim', 'milo', 'relational', 'nr_lite'}
+    assert f"after iter {min(record['iter'], 4)};" in stdout
+    # the record is the model's: BasicSR logged the same means to TensorBoard (float32) at that iteration
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / 'tb_logger' / 'iqa_plugin_demo_swinir'), size_guidance={'scalars': 0})
+    acc.Reload()
+    for name, value in record['metrics'].items():
+        logged = [e.value for e in acc.Scalars(f'metrics/{demo.VAL_DATASET}/{name}') if e.step == record['iter']]
+        assert logged and logged[-1] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+    for name, value in record['metrics'].items():
+        m = re.search(rf'^\s+{name}\s+(\S+)\s', stdout, re.M)
+        assert m, f'no {name} row in:\n{stdout}'
+        assert m.group(1) == f'{value:.5g}', (name, m.group(1), value)
+
+
+def test_summary_reads_the_recorded_validation_not_the_log(tmp_path):
+    """``summarize`` prints the values of ``last_validation.json`` (the model's record), whatever the log says."""
+    exp = tmp_path / 'experiments' / 'iqa_plugin_demo_swinir'
+    (exp / 'models').mkdir(parents=True)
+    (exp / 'train_x.log').write_text('INFO: Validation skimage_val\n\t # psnr: 99.0000\tBest: 99 @ 9 iter\n')
+    demo.write_last_validation(tmp_path, 'swinir', {'iter': 7, 'metrics': {'psnr': 21.234567, 'milo': 0.0123456}})
+    text = demo.summarize(tmp_path, 'swinir', 60.0, {'psnr': 20.0})
+    assert 'after iter 7;' in text and '99.0' not in text
+    assert re.search(r'^\s+psnr\s+21\.235\s+20\s+higher\s+better \(\+1\.23\)$', text, re.M), text
+    assert re.search(r'^\s+milo\s+0\.012346\s+-', text, re.M), text
+    assert 'none found' in demo.summarize(tmp_path / 'empty', 'swinir', 1.0)

@@ -15,6 +15,7 @@ Data (``make_data``): HR images and their MATLAB-bicubic x4 LR (BasicSR's ``imre
 The summary prints each validator of the last validation next to the same validator applied to the
 bicubic x4 upscaling of the same LR crops (``bicubic_baseline``).
 """
+import contextlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ DEFAULT_ITERS = 1000
 TRAIN_IMAGES = ['astronaut', 'coffee', 'rocket', 'stereo_motorcycle', 'hubble_deep_field', 'immunohistochemistry']
 VAL_IMAGES = ['chelsea', 'camera', 'coins']
 VAL_DATASET = 'skimage_val'  # datasets.val.name in configs/demo.yml
+LAST_VALIDATION = 'last_validation.json'  # in the experiment folder (write_last_validation)
 VAL_SIDE = 192  # validation crops keep each validation to a few seconds on CPU
 TRAIN_TILE = 192  # training tiles (HR pixels); the random training patches (gt_size) are cut from them
 TRAIN_MAX_SIDE = 600  # training photos are first reduced (area) to at most this side
@@ -327,11 +329,53 @@ def run_demo(arch='swinir', iters=None, out='iqa_plugin_demo', val_freq=None, de
           f'({torch.get_num_threads()} CPU thread{"s" if torch.get_num_threads() > 1 else ""}); options: {opt_path}',
           flush=True)
     t0 = time.time()
-    run(['-opt', str(opt_path)], root_path=str(out))
+    with recording_validations() as record:
+        run(['-opt', str(opt_path)], root_path=str(out))
     seconds = time.time() - t0
+    write_last_validation(out, arch, record)
     baseline = bicubic_baseline(opt_path, device='cuda' if on_gpu else 'cpu')
     print(summarize(out, arch, seconds, baseline), flush=True)
     return out
+
+
+@contextlib.contextmanager
+def recording_validations(dataset=VAL_DATASET):
+    """Yields a dict that holds ``iter`` and ``metrics`` ({metric: mean}) of the model's last validation of
+    ``dataset`` (empty when none ran). BasicSR's ``train_pipeline`` does not return its model: the model it builds
+    (``basicsr.train.build_model``) gets its ``after_validation`` hook wrapped, which reads ``metric_results``."""
+    import basicsr.train
+
+    record = {}
+    build = basicsr.train.build_model
+
+    def build_recording(opt):
+        model = build(opt)
+        hook = model.after_validation
+
+        def after_validation(dataset_name, current_iter, tb_logger):
+            hook(dataset_name, current_iter, tb_logger)
+            if dataset_name == dataset:
+                record.update(iter=int(current_iter),
+                              metrics={k: float(v) for k, v in model.metric_results.items()})
+        model.after_validation = after_validation
+        return model
+
+    basicsr.train.build_model = build_recording
+    try:
+        yield record
+    finally:
+        basicsr.train.build_model = build
+
+
+def last_validation_path(out, arch):
+    """``<experiment>/last_validation.json``: the model's results of the demo's last validation."""
+    return Path(out) / 'experiments' / f'iqa_plugin_demo_{arch}' / LAST_VALIDATION
+
+
+def write_last_validation(out, arch, record):
+    """Write ``record`` (``recording_validations``) to ``last_validation_path``; nothing when no validation ran."""
+    if record:
+        last_validation_path(out, arch).write_text(json.dumps({'dataset': VAL_DATASET, **record}, indent=1))
 
 
 def checkpoint_names(models_dir):
@@ -343,52 +387,14 @@ def checkpoint_names(models_dir):
     return sorted((p.stem for p in Path(models_dir).glob('*.pth')), key=key)
 
 
-_METRIC_LINE = re.compile(r'#\s*(\S+):\s*([-+0-9.eEinfa]+)')
-
-
-def last_validation(log_text):
-    """(iteration or None, {metric: value}) of the last ``Validation`` block of a BasicSR training log."""
-    lines = log_text.splitlines()
-    starts = [i for i, ln in enumerate(lines) if 'INFO: Validation' in ln]
-    if not starts:
+def last_validation(out, arch):
+    """(iteration or None, {metric: value}) of the demo's last validation as the model recorded it
+    (``last_validation_path``); (None, {}) when there is none."""
+    path = last_validation_path(out, arch)
+    if not path.is_file():
         return None, {}
-    values = {}
-    for ln in lines[starts[-1] + 1:]:
-        m = _METRIC_LINE.match(ln.strip())
-        if not m:
-            if values:
-                break
-            continue
-        values[m.group(1)] = float(m.group(2))
-    it = None  # the last progress line before the block ('iter:     600,')
-    for ln in reversed(lines[:starts[-1]]):
-        m = re.search(r'iter:\s*([\d,]+)', ln)
-        if m:
-            it = int(m.group(1).replace(',', ''))
-            break
-    return it, values
-
-
-def last_validation_scalars(tb_dir, dataset):
-    """(iteration, {metric: value}) of the last validation in TensorBoard's ``metrics/<dataset>/<metric>``
-    scalars under ``tb_dir`` (float32, where the log prints 4 decimals); (None, {}) when there are none."""
-    if not any(Path(tb_dir).glob('events.*')):
-        return None, {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(tb_dir), size_guidance={'scalars': 0})
-    acc.Reload()
-    prefix = f'metrics/{dataset}/'
-    series = {tag[len(prefix):]: acc.Scalars(tag) for tag in acc.Tags().get('scalars', []) if tag.startswith(prefix)}
-    if not series:
-        return None, {}
-    step = max(events[-1].step for events in series.values())
-    values = {}
-    for name, events in series.items():
-        at_step = [e for e in events if e.step == step]
-        if at_step:
-            values[name] = float(at_step[-1].value)
-    return step, values
+    record = json.loads(path.read_text())
+    return record.get('iter'), dict(record.get('metrics', {}))
 
 
 def comparison_table(values, baseline, better):
@@ -414,9 +420,7 @@ def summarize(out, arch, seconds, baseline=None):
     exp = Path(out) / 'experiments' / name
     tb_dir = Path(out) / 'tb_logger' / name
     logs = sorted(exp.glob('train_*.log'))
-    it, values = last_validation_scalars(tb_dir, VAL_DATASET)
-    if not values and logs:  # no TensorBoard: the log's last validation block (4 decimals)
-        it, values = last_validation(logs[-1].read_text())
+    it, values = last_validation(out, arch)
     better = {}
     opt_path = Path(out) / f'demo_{arch}.yml'
     if opt_path.is_file():
