@@ -28,6 +28,10 @@ cache (no reuse of any kind); ``ratio_shared_ref`` and ``ratio_cached_refs`` are
 Where the time goes: both run the same ViT-B/32 twice per pair (test image and reference), which is
 almost all of the cost (``aten::addmm``); pyiqa does it with batch-1 matrix products, two CLIP calls
 per image and copies for its in-place normalisation, ours with one CLIP call over the 2B images.
+
+Why one file over 450 lines: one bench, one command; ``main`` is split by job (``_parse_args``, ``_build_models``,
+``_cases``, ``_interleaved_times``, ``_report_throughput``, ``_roofline``, ``_forward_backward``), and the
+random-weight writer, the pyiqa wrapper and the memory and FLOP probes exist for this comparison only.
 """
 import argparse
 import contextlib
@@ -289,7 +293,7 @@ def _best_time(fn, repeats):
     return min(times)
 
 
-def main(argv=None):
+def _parse_args(argv):
     parser = argparse.ArgumentParser(prog='iqa-plugin bench afine', description=__doc__.split('\n\n')[0])
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--size', type=int, default=224, help='square image side (default 224)')
@@ -300,11 +304,14 @@ def main(argv=None):
     args = parser.parse_args(argv or [])
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
 
+
+def _build_models(args):
+    """(pyiqa's A-FINE, ours), both on the same random weights (written to ``--keep`` or a temporary folder)."""
     import iqa_plugin  # noqa: F401
-    from iqa_plugin.archs.afine_arch import AFINE, RefCache
+    from iqa_plugin.archs.afine_arch import AFINE
     from iqa_plugin.scoring import freeze
-    from iqa_plugin.utils.onednn_linear import PackedLinear
 
     with tempfile.TemporaryDirectory(prefix='afine_bench_') as tmp:
         folder = Path(args.keep) if args.keep else Path(tmp)
@@ -315,10 +322,15 @@ def main(argv=None):
         # the CLIP file only seeds the ViT that finetuned_clip overwrites entirely; the random file has no
         # published hash, so ours takes the ViT from afine.pth alone (clip_weights='none')
         ours = freeze(AFINE(model_type='afine_all_scale', weights_path=str(afine_path), clip_weights='none'))
+    return theirs, ours
 
-    dist, ref = bench_images(args.batch, args.size, args.size, seed=args.seed)
-    b = args.batch
-    print(f'batch {b}, {args.size}x{args.size}, threads {torch.get_num_threads()}, repeats {args.repeats}')
+
+def _cases(theirs, ours, dist, ref, batch, size):
+    """Check ours against pyiqa on identical inputs and weights (distinct, shared and cached references,
+    PyTorch's own linear); returns (max |ours - pyiqa|, {case: callable timed by the bench}, FLOPs of the GEMM
+    cases)."""
+    from iqa_plugin.archs.afine_arch import RefCache
+    from iqa_plugin.utils.onednn_linear import PackedLinear
 
     def run_ours(r=ref):
         with torch.no_grad():
@@ -358,7 +370,7 @@ def main(argv=None):
 
     s_default = run_ours_default_linear()
     max_diff = max(max_diff, float((s_theirs - s_default).abs().max()))
-    tokens = 2 * b * ((args.size // clip.patch_size) ** 2 + 1)
+    tokens = 2 * batch * ((size // clip.patch_size) ** 2 + 1)
     gemm, gemm_flops = gemm_workload(tokens, clip.width)
     gemm_packed, _ = gemm_workload(tokens, clip.width, PackedLinear())
     gemm(), gemm_packed()
@@ -366,15 +378,22 @@ def main(argv=None):
             'pyiqa_shared': lambda: pyiqa_scores(theirs, dist, shared), 'ours_shared': lambda: run_ours(shared),
             'ours_cached': run_cached, 'ours_default_linear': run_ours_default_linear, 'gemm': gemm,
             'gemm_packed': gemm_packed}
+    return max_diff, runs, gemm_flops
+
+
+def _interleaved_times(runs, repeats):
+    """{case: [seconds per repeat]}: every case once per repeat, interleaved, so load changes hit all alike."""
     times = {k: [] for k in runs}
-    for _ in range(args.repeats):  # every case once per repeat, interleaved, so load changes hit all alike
+    for _ in range(repeats):
         for k, fn in runs.items():
             times[k].append(_best_time(fn, 1))
-    t_theirs, t_ours, t_theirs_sh, t_ours_sh, t_ours_cached, t_ours_default, t_gemm, t_gemm_packed = (
-        times[k] for k in runs)
-    ips = {k: b / min(v) for k, v in (('pyiqa', t_theirs), ('ours', t_ours), ('pyiqa_shared', t_theirs_sh),
-                                       ('ours_shared', t_ours_sh), ('ours_cached', t_ours_cached),
-                                       ('ours_default_linear', t_ours_default))}
+    return times
+
+
+def _report_throughput(times, batch):
+    """Images/s of each scoring case (best repeat), printed with the ratios; returns {case: images/s}."""
+    ips = {k: batch / min(times[k]) for k in ('pyiqa', 'ours', 'pyiqa_shared', 'ours_shared', 'ours_cached',
+                                              'ours_default_linear')}
     ratio = ips['ours'] / ips['pyiqa']
     ratio_shared = ips['ours_shared'] / ips['pyiqa_shared']
     ratio_cached = ips['ours_cached'] / ips['pyiqa']
@@ -386,11 +405,15 @@ def main(argv=None):
           f'ratio {ratio_shared:.2f}x')
     print(f"references seen before (validation rounds, ref_cache_mib): ours {ips['ours_cached']:7.2f} images/s   "
           f'ratio {ratio_cached:.2f}x against pyiqa on distinct pairs')
+    return ips
 
-    # roofline: how close each implementation is to this machine's matrix-product throughput
+
+def _roofline(ours, dist, ref, times, ips, gemm_flops):
+    """How close each implementation is to this machine's matrix-product throughput (printed); returns
+    (flops per pair, GEMM GFLOP/s with F.linear, with oneDNN packed, {pyiqa/ours: GFLOP/s}, ceiling ratio)."""
     flops = flops_per_pair(ours, dist, ref)
-    peak_default = gemm_flops / min(t_gemm) / 1e9
-    peak_packed = gemm_flops / min(t_gemm_packed) / 1e9
+    peak_default = gemm_flops / min(times['gemm']) / 1e9
+    peak_packed = gemm_flops / min(times['gemm_packed']) / 1e9
     peak = max(peak_default, peak_packed)
     gflops = {k: ips[k] * flops / 1e9 for k in ('pyiqa', 'ours')}
     ceiling = peak / gflops['pyiqa']
@@ -398,8 +421,12 @@ def main(argv=None):
           f"{gflops['ours']:.1f} GFLOP/s; float32 GEMM throughput of this machine on the ViT's layers: "
           f"F.linear {peak_default:.1f}, oneDNN packed {peak_packed:.1f} GFLOP/s "
           f'-> highest ratio any float32 implementation of the same arithmetic can reach here: {ceiling:.2f}x')
+    return flops, peak_default, peak_packed, gflops, ceiling
 
-    # forward + backward to the test images
+
+def _forward_backward(ours, dist, ref, batch):
+    """One timed forward + backward to the test images (printed); returns (seconds, added peak RSS bytes,
+    bytes saved for backward, gradient finite and non-zero, process peak RSS MiB)."""
     def fwd_bwd():
         x = dist.clone().requires_grad_(True)
         ours(x, ref)['afine_all_scale'].sum().backward()
@@ -414,9 +441,27 @@ def main(argv=None):
         t_fb = time.perf_counter() - t
     grad_ok = bool(torch.isfinite(grad).all()) and float(grad.abs().sum()) > 0
     peak_process = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f'ours forward+backward: {b / t_fb:7.2f} images/s, +{mem.added / 2**20:.0f} MiB peak RSS during the call '
+    print(f'ours forward+backward: {batch / t_fb:7.2f} images/s, +{mem.added / 2**20:.0f} MiB peak RSS during the call '
           f'({saved / 2**20:.0f} MiB saved for backward), gradient finite and non-zero: {grad_ok}; '
           f'process peak RSS {peak_process:.0f} MiB')
+    return t_fb, mem.added, saved, grad_ok, peak_process
+
+
+def main(argv=None):
+    args = _parse_args(argv)
+    theirs, ours = _build_models(args)
+    dist, ref = bench_images(args.batch, args.size, args.size, seed=args.seed)
+    b = args.batch
+    print(f'batch {b}, {args.size}x{args.size}, threads {torch.get_num_threads()}, repeats {args.repeats}')
+    max_diff, runs, gemm_flops = _cases(theirs, ours, dist, ref, b, args.size)
+    times = _interleaved_times(runs, args.repeats)
+    ips = _report_throughput(times, b)
+    ratio = ips['ours'] / ips['pyiqa']
+    ratio_shared = ips['ours_shared'] / ips['pyiqa_shared']
+    ratio_cached = ips['ours_cached'] / ips['pyiqa']
+    flops, peak_default, peak_packed, gflops, ceiling = _roofline(ours, dist, ref, times, ips, gemm_flops)
+    peak = max(peak_default, peak_packed)
+    t_fb, added, saved, grad_ok, peak_process = _forward_backward(ours, dist, ref, b)
     return {
         'bench': 'afine', 'batch': b, 'size': args.size, 'threads': torch.get_num_threads(),
         'pyiqa_images_per_s': round(ips['pyiqa'], 3), 'ours_images_per_s': round(ips['ours'], 3),
@@ -431,7 +476,8 @@ def main(argv=None):
         'ratio_default_linear': round(ips['ours_default_linear'] / ips['pyiqa'], 3),
         'ceiling_ratio': round(ceiling, 2),
         'max_abs_diff': max_diff, 'fwd_bwd_images_per_s': round(b / t_fb, 3),
-        'fwd_bwd_added_peak_rss_mib': round(mem.added / 2**20, 1), 'fwd_saved_for_backward_mib': round(saved / 2**20, 1), 'process_peak_rss_mib': round(peak_process, 1),
+        'fwd_bwd_added_peak_rss_mib': round(added / 2**20, 1), 'fwd_saved_for_backward_mib': round(saved / 2**20, 1),
+        'process_peak_rss_mib': round(peak_process, 1),
         'grad_finite': grad_ok,
     }
 
