@@ -445,16 +445,84 @@ def test_override_check_can_fail():
     assert overrides_without_super(_NoSuperModel) == {'_NoSuperModel.test', '_NoSuperModel.feed_data'}
 
 
-def test_basicsr_patches_are_version_guarded(monkeypatch):
-    """The one module that patches BasicSR refuses to patch a release it was not written against."""
-    import basicsr
+def _basicsr_cuda_seams():
     import basicsr.train as basicsr_train
+    import basicsr.utils.options as options
+    from basicsr.models.base_model import BaseModel
+    return basicsr_train.load_resume_state, options.init_dist, BaseModel.__dict__['model_to_device']
+
+
+def test_basicsr_patches_are_version_guarded(monkeypatch):
+    """The one module that patches BasicSR refuses to patch a release it was not written against; what it
+    patches without a GPU is the dist init and the resume loader, never ``BaseModel.model_to_device``."""
+    import basicsr
 
     from iqa_plugin.basicsr_glue import dist
 
+    monkeypatch.setattr(dist.torch.cuda, 'is_available', lambda: False)
     monkeypatch.setattr(dist, '_enabled', False)
     monkeypatch.setattr(basicsr, '__version__', '9.9.9')
-    before = basicsr_train.load_resume_state
+    before = _basicsr_cuda_seams()
     with pytest.warns(UserWarning, match='9.9.9'):
         dist.enable_cpu_distributed()
-    assert basicsr_train.load_resume_state is before
+    assert _basicsr_cuda_seams() == before
+
+
+def test_basicsr_patches_only_without_cuda(monkeypatch):
+    import basicsr.train as basicsr_train
+    import basicsr.utils.options as options
+
+    from iqa_plugin.basicsr_glue import dist
+
+    monkeypatch.setattr(basicsr_train, 'load_resume_state', basicsr_train.load_resume_state)  # restored after
+    monkeypatch.setattr(options, 'init_dist', options.init_dist)
+    before = _basicsr_cuda_seams()
+    monkeypatch.setattr(dist.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(dist, '_enabled', False)
+    dist.enable_cpu_distributed()
+    assert _basicsr_cuda_seams() == before  # a GPU: BasicSR's own code, unpatched
+    monkeypatch.setattr(dist.torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(dist, '_enabled', False)
+    dist.enable_cpu_distributed()
+    after = _basicsr_cuda_seams()
+    assert after[0] is dist.load_resume_state_safe and after[1] is dist.init_dist_cpu_aware
+    assert after[2] is before[2]  # model_to_device: the models' override, no class-wide patch
+
+
+def test_every_plugin_model_builds_its_cpu_ddp(monkeypatch):
+    """Every model the plugin registers gets ``CPUDistributedMixin.model_to_device`` through its MRO; it wraps
+    in a CPU DDP (no device_ids) under DDP on a CPU and is BasicSR's method otherwise."""
+    import torch.nn.parallel as parallel
+    from basicsr.models.base_model import BaseModel
+    from basicsr.utils.registry import MODEL_REGISTRY
+
+    from iqa_plugin.basicsr_glue.dist import CPUDistributedMixin
+
+    plugin = [cls for name, cls in MODEL_REGISTRY._obj_map.items()
+              if cls.__module__.startswith('iqa_plugin.') and issubclass(cls, BaseModel)]  # not the factory
+    assert len(plugin) >= 10
+    for cls in plugin:
+        assert cls.model_to_device is CPUDistributedMixin.model_to_device, cls.__name__
+        assert cls.__mro__.index(CPUDistributedMixin) < cls.__mro__.index(BaseModel), cls.__name__
+    from iqa_plugin.models import nriqa_finetune_model as ft
+    for cls in (ft.NRIQAFinetuneSRModel, ft.NRIQAFinetuneGANModel, ft.NRIQAFinetuneMultiGTSRModel,
+                ft.NRIQAFinetuneMultiGTGANModel):  # what the NRIQAFinetuneModel factory builds
+        assert cls.model_to_device is CPUDistributedMixin.model_to_device, cls.__name__
+
+    built = []
+
+    class FakeDDP(torch.nn.Module):
+        def __init__(self, net, **kwargs):
+            super().__init__()
+            built.append(kwargs)
+            self.module = net
+
+    monkeypatch.setattr(parallel, 'DistributedDataParallel', FakeDDP)
+    model = object.__new__(plugin[0])
+    model.device = torch.device('cpu')
+    model.opt = {'dist': True, 'num_gpu': 0, 'find_unused_parameters': True}
+    net = torch.nn.Linear(2, 2)
+    assert isinstance(model.model_to_device(net), FakeDDP)
+    assert built == [{'find_unused_parameters': True}]  # no device_ids
+    model.opt = {'dist': False, 'num_gpu': 0}
+    assert model.model_to_device(net) is net  # BasicSR's: .to(device) alone

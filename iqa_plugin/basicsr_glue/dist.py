@@ -1,10 +1,20 @@
 """Distributed training on CPU for BasicSR 1.4.2.
 
-BasicSR's ``--launcher pytorch`` path assumes CUDA: ``_init_dist_pytorch`` calls
-``torch.cuda.set_device(rank % torch.cuda.device_count())`` (a ZeroDivisionError without GPUs) and
-``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]`` to
-DistributedDataParallel. When CUDA is not available, ``enable_cpu_distributed`` swaps in
-versions that use the gloo backend and a CPU DDP; with GPUs BasicSR's own code (nccl) runs
+BasicSR's ``--launcher pytorch`` path assumes CUDA in three places; each is handled only where it fails:
+
+* ``BaseModel.model_to_device`` passes ``device_ids=[torch.cuda.current_device()]`` to DistributedDataParallel.
+  Not patched: every plugin model overrides it through ``CPUDistributedMixin`` (in the bases of
+  ``IQAModelMixin`` and ``MetricTrainModel``), which calls BasicSR's own method on CUDA and outside DDP and
+  builds a CPU DDP (no ``device_ids``) otherwise. BasicSR's stock models (``model_type: SRModel``) keep
+  BasicSR's method, so they train under DDP on GPUs only.
+* ``_init_dist_pytorch`` calls ``torch.cuda.set_device(rank % torch.cuda.device_count())`` (a ZeroDivisionError
+  without GPUs) and
+* ``basicsr.train.load_resume_state`` maps the state onto ``torch.cuda.current_device()``, which fails
+  without a GPU.
+
+``enable_cpu_distributed`` replaces those two functions (gloo backend, a CPU-mapped resume state read with
+``weights_only=True``) when CUDA is not available, and only then: with GPUs BasicSR's own code (nccl, its
+resume loader, whose ``torch.load`` reads with ``weights_only=True`` by default since torch 2.6) runs
 unchanged.
 
 It also holds the plugin's few collectives for DDP runs (docs/distributed.md): ``gather_to_rank0`` (one
@@ -69,21 +79,18 @@ def init_dist_cpu_aware(launcher, backend='nccl', **kwargs):
         dist.init_process_group(backend='gloo')
 
 
-def _model_to_device_cpu_aware(self, net):
-    """BaseModel.model_to_device that builds a CPU DDP (no device_ids) when there is no GPU."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
+class CPUDistributedMixin:
+    """``model_to_device`` for a BasicSR model class: put before ``BaseModel`` in the bases (see the module
+    docstring). Under DDP on a CPU device it wraps the net in a DistributedDataParallel without
+    ``device_ids``; otherwise (CUDA, or no DDP) it is BasicSR's own method."""
 
-    net = net.to(self.device)
-    if self.opt['dist']:
-        find_unused = self.opt.get('find_unused_parameters', False)
-        if self.device.type == 'cuda':
-            net = DistributedDataParallel(net, device_ids=[torch.cuda.current_device()],
-                                          find_unused_parameters=find_unused)
-        else:
-            net = DistributedDataParallel(net, find_unused_parameters=find_unused)
-    elif self.opt['num_gpu'] > 1:
-        net = DataParallel(net)
-    return net
+    def model_to_device(self, net):
+        if not self.opt['dist'] or self.device.type == 'cuda':
+            return super().model_to_device(net)
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(net.to(self.device),
+                                       find_unused_parameters=self.opt.get('find_unused_parameters', False))
 
 
 def load_resume_state_safe(opt):
@@ -116,30 +123,27 @@ def load_resume_state_safe(opt):
 
 
 def enable_cpu_distributed():
-    """Patch BasicSR's CUDA-only set-up (dist init, DDP wrapping, resume) when no GPU is present.
+    """Patch BasicSR's CUDA-only set-up (dist init, resume) when no GPU is present; with a GPU, nothing.
 
-    Idempotent. Resume states are always read with ``weights_only=True``.
+    Idempotent. The DDP wrapping is the models' own (``CPUDistributedMixin``), not patched.
     """
     global _enabled
     if _enabled:
         return
-    if not basicsr_version_supported():
+    if not torch.cuda.is_available() and not basicsr_version_supported():
         import warnings
 
         import basicsr
         warnings.warn(f'iqa-plugin: BasicSR {basicsr.__version__} is not one of the tested releases '
-                      f"({', '.join(TESTED_BASICSR)}); its resume and CPU-DDP set-up are left unpatched")
+                      f"({', '.join(TESTED_BASICSR)}); its CPU resume and CPU-DDP set-up are left unpatched")
         _enabled = True
         return
-    import basicsr.train as basicsr_train
-
-    basicsr_train.load_resume_state = load_resume_state_safe
     if not torch.cuda.is_available():
+        import basicsr.train as basicsr_train
         import basicsr.utils.options as options
-        from basicsr.models.base_model import BaseModel
 
+        basicsr_train.load_resume_state = load_resume_state_safe
         options.init_dist = init_dist_cpu_aware  # parse_options calls the name imported there
-        BaseModel.model_to_device = _model_to_device_cpu_aware
     _enabled = True
 
 

@@ -25,6 +25,8 @@ How each hooks in (BasicSR 1.4.2's seams; every override calls ``super()``):
   ESRGANModel, RealESRGANModel). After ``super().optimize_parameters`` the log gets the separate terms.
 * validators: ``nondist_validation`` runs inside ``val_tensors.collecting()`` and ``get_current_visuals``
   records the tensors that ``calculate_iqa`` then scores; selection runs after the loop.
+* devices: ``model_to_device`` (``iqa_plugin.basicsr_glue.dist.CPUDistributedMixin``) builds a CPU DDP under
+  ``--launcher pytorch`` without a GPU and is BasicSR's own method otherwise.
 * state: ``save_training_state`` adds keys to the file BasicSR has just written (atomic rewrite).
 """
 import os
@@ -41,7 +43,7 @@ from iqa_plugin import scoring
 from iqa_plugin.models.axis_report import AxisReportMixin
 from iqa_plugin.models.selection import build_selection, validator_metric
 from iqa_plugin.utils import val_tensors
-from iqa_plugin.basicsr_glue.dist import read_training_state, wait_for_rank0_validation
+from iqa_plugin.basicsr_glue.dist import CPUDistributedMixin, read_training_state, wait_for_rank0_validation
 
 
 class IQALossBundle(nn.Module):
@@ -269,7 +271,7 @@ class TrainingStateMixin:
 
 
 class IQAModelMixin(ProgressBarMixin, AxisReportMixin, SelectionMixin, IQAValidationMixin, IQALossMixin,
-                    TrainingStateMixin):
+                    TrainingStateMixin, CPUDistributedMixin):
     """All IQA training features; put it before a BasicSR model class (see the module docstring)."""
 
     iqa_options = True  # the option pre-flight check accepts iqa_opt, table-name validators and select_by

@@ -14,6 +14,8 @@
   keeps BasicSR's best-metric bookkeeping (``better`` per metric: argument, else the option's
   ``val.metrics.<name>.better``, else 'higher'), logs one block and writes
   ``metrics/<dataset>/<name>`` TensorBoard scalars;
+* devices: ``model_to_device`` is BasicSR's, but a CPU DDP under ``--launcher pytorch`` without a GPU
+  (``iqa_plugin.basicsr_glue.dist.CPUDistributedMixin``);
 * checkpoints: ``save`` writes BasicSR's network files (``checkpoint_networks()``), the plain weights
   file ``<plain_prefix>_<iter>.pth`` the scorer loads (``plain_state_dict()``) and the training state.
 
@@ -29,10 +31,10 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info, master_only
 
-from iqa_plugin.basicsr_glue.dist import wait_for_rank0_validation
+from iqa_plugin.basicsr_glue.dist import CPUDistributedMixin, wait_for_rank0_validation
 
 
-class MetricTrainModel(BaseModel):
+class MetricTrainModel(CPUDistributedMixin, BaseModel):
     """BasicSR ``BaseModel`` with the shared parts of the metric trainings (see the module docstring)."""
 
     plain_prefix = ''  # file stem of the plain weights written with every checkpoint
