@@ -415,15 +415,11 @@ def parse(argv):
     return args
 
 
-def main(argv=None):
-    args = parse(argv)
+def _setup(args):
+    """Threads, registration, BasicSR's log level; prints and returns (device, load average at start)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    import warnings
-
     import iqa_plugin
-    from iqa_plugin.models import lora
-    from iqa_plugin.scoring import get_cached_metric
 
     iqa_plugin.register()
     logging.getLogger('basicsr').setLevel(logging.ERROR)  # BasicSR lists every frozen parameter at WARNING
@@ -431,14 +427,27 @@ def main(argv=None):
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     print(f'device {device}, threads {torch.get_num_threads()}, load average {load:.2f} '
           f'(on {os.cpu_count()} cores) at start')
-    t_all = time.perf_counter()
+    return device, load
+
+
+def _data(args):
+    """(training patches, held-out GT crops, their bicubic LR), printed."""
     train_imgs, eval_imgs = load_images(args.train_data), load_images(args.eval_data)
     patches = random_patches(train_imgs, args.patches, args.patch, args.seed)
     gt = centre_crops(eval_imgs, args.eval_images, args.eval_size)
     lq = bicubic_down(gt, args.scale)
     print(f'train: {len(train_imgs)} images from {args.train_data}, {len(patches)} patches {args.patch}px; '
           f'held out: {len(gt)} crops {args.eval_size}px from {args.eval_data}')
-    base = pretrained_net(args, patches, device, print)
+    return patches, gt, lq
+
+
+def _pretrained(args, base, lq, gt, device):
+    """The scorers and the pretrained net's scores on the held-out crops (with bicubic's PSNR), printed;
+    returns (scorers, pretrained results, bicubic upscaling)."""
+    import warnings
+
+    from iqa_plugin.models import lora
+    from iqa_plugin.scoring import get_cached_metric
 
     scorers = {'nr_lite': (args.scorer, None), 'niqe': ('niqe-fitted', None), 'milo': ('milo-pseudomos', None)}
     with warnings.catch_warnings():
@@ -453,7 +462,11 @@ def main(argv=None):
     pre['bicubic_psnr'] = psnr(bicubic, gt, args.scale)
     print(f'pretrained ({n_all:,d} params): {args.scorer} {pre["nr_lite"]:.4f}, niqe-fitted {pre["niqe"]:.3f}, '
           f'milo-pseudomos {pre["milo"]:.4f}, PSNR {pre["psnr"]:.2f} dB (bicubic {pre["bicubic_psnr"]:.2f} dB)')
+    return scorers, pre, bicubic
 
+
+def _sweep(args, base, patches, lq, gt, pre, scorers, device):
+    """Full and LoRA fine-tuning at every λ_Q; returns ({(mode, λ): row}, {(mode, λ): outputs})."""
     rows, outputs = {}, {}
     for lam in args.lambda_list:
         for mode in ('full', 'lora'):
@@ -469,11 +482,15 @@ def main(argv=None):
             rows[(mode, lam)] = row
             print(f'  λ_Q {lam:<5g} {mode:4s} done: nr-lite {row["nr_lite_gain"]:+.4f}, PSNR '
                   f'{row["psnr_change"]:+.3f} dB, hf_rel {row["hf_rel"]:.3g}', flush=True)
+    return rows, outputs
 
+
+def _report(args, rows, n_eval, device):
+    """The table of gains per λ_Q and mode; returns (what the memory column measures, LoRA / full hf_rel)."""
     mem_what = ('torch.cuda.max_memory_allocated over the steps' if device.type == 'cuda' else
                 'counted bytes of one step: saved-for-backward tensors + grads + optimiser state')
     print(f'\n{args.steps} steps, batch {args.batch}, {args.patch}px, lr {args.lr:g} (LoRA x{args.lora_lr_mult:g}), LoRA rank {args.rank} alpha '
-          f'{args.alpha:g}; gains vs the pretrained net on {len(gt)} held-out crops (positive = better); memory: '
+          f'{args.alpha:g}; gains vs the pretrained net on {n_eval} held-out crops (positive = better); memory: '
           f'{mem_what}')
     head = (f'{"λ_Q":>6} {"mode":5} {"trainable":>9} {"nr-lite":>8} {"niqe":>7} {"milo":>8} {"ΔPSNR":>7} '
             f'{"hf_rel":>8} {"hf_share":>8} {"step s":>7} {"mem MB":>7}')
@@ -486,18 +503,34 @@ def main(argv=None):
                   f'{r["step_s"]:>7.3f} {r["mem_bytes"] / 2 ** 20:>7.1f}')
     ratio = rows[('lora', args.lam)]['hf_rel'] / max(rows[('full', args.lam)]['hf_rel'], 1e-30)
     print(f'LoRA / full hf_rel at λ_Q {args.lam:g}: {ratio:.3f}')
+    return mem_what, ratio
 
+
+def _figures(args, rows, gt, bicubic, pre, outputs):
+    """The trade-off plot and the crops of the largest λ_Q under ``--figures``."""
+    out_dir = Path(args.figures)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_plot(out_dir / 'lora_tradeoff.png', rows, args.lambda_list)
+    top = max(args.lambda_list)
+    i = 0
+    panels = [('GT', gt[i]), ('bicubic', bicubic[i]),
+              ('pretrained', pre['output'][i]), (f'full FT, lambda {top:g}', outputs[('full', top)][i]),
+              (f'LoRA, lambda {top:g}', outputs[('lora', top)][i])]
+    write_crops(out_dir / 'lora_crops.png', panels, min(64, args.eval_size), 3)
+    print(f'figures: {out_dir / "lora_tradeoff.png"}, {out_dir / "lora_crops.png"}')
+
+
+def main(argv=None):
+    args = parse(argv)
+    device, load = _setup(args)
+    t_all = time.perf_counter()
+    patches, gt, lq = _data(args)
+    base = pretrained_net(args, patches, device, print)
+    scorers, pre, bicubic = _pretrained(args, base, lq, gt, device)
+    rows, outputs = _sweep(args, base, patches, lq, gt, pre, scorers, device)
+    mem_what, ratio = _report(args, rows, len(gt), device)
     if args.figures:
-        out_dir = Path(args.figures)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_plot(out_dir / 'lora_tradeoff.png', rows, args.lambda_list)
-        top = max(args.lambda_list)
-        i = 0
-        panels = [('GT', gt[i]), ('bicubic', bicubic[i]),
-                  ('pretrained', pre['output'][i]), (f'full FT, lambda {top:g}', outputs[('full', top)][i]),
-                  (f'LoRA, lambda {top:g}', outputs[('lora', top)][i])]
-        write_crops(out_dir / 'lora_crops.png', panels, min(64, args.eval_size), 3)
-        print(f'figures: {out_dir / "lora_tradeoff.png"}, {out_dir / "lora_crops.png"}')
+        _figures(args, rows, gt, bicubic, pre, outputs)
     wall = time.perf_counter() - t_all
     load_end = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     print(f'wall {wall:.0f} s; load average {load_end:.2f} at the end')
