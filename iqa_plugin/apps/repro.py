@@ -561,9 +561,8 @@ def summary_markdown(result, v, info):
 
 
 # ------------------------------------------------------------------------------------------ the run
-def run(out=DEFAULT_OUT, src=None, arch='rrdb', scale='small', iters_scale=1.0, size=256, device='auto',
-        resume=False, metrics=METRICS, seed=0, threads=1):
-    """Run every stage (module docstring); returns ``{'out', 'summary', 'evaluation', 'verdict'}``."""
+def _check_inputs(arch, scale, iters_scale, src, size, threads, device):
+    """ReproError for an argument out of range, before anything is written."""
     if arch not in ARCHS:
         raise ReproError(f"unknown arch '{arch}'; known: {', '.join(ARCHS)}")
     if scale not in SCALES:
@@ -578,6 +577,10 @@ def run(out=DEFAULT_OUT, src=None, arch='rrdb', scale='small', iters_scale=1.0, 
         raise ReproError(f'--threads must be >= 0, got {threads}')
     if device not in ('auto', 'cpu', 'cuda'):
         raise ReproError(f"--device must be auto, cpu or cuda, got '{device}'")
+
+
+def _torch_device(device, threads):
+    """Register the plugin, check ``device`` and set the CPU threads; returns 'cuda' or 'cpu'."""
     import torch
 
     import iqa_plugin
@@ -588,11 +591,12 @@ def run(out=DEFAULT_OUT, src=None, arch='rrdb', scale='small', iters_scale=1.0, 
     torch_device = 'cuda' if device != 'cpu' and torch.cuda.is_available() else 'cpu'
     if threads:  # on a shared 2-core machine 2 threads waiting on each other ran 20x slower than 1 (docs/repro.md)
         torch.set_num_threads(int(threads))
-    sc = SCALES[scale]
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault('IQA_PLUGIN_OFFLINE', '1')  # nothing is downloaded: the stages inherit it
-    t_start = time.time()
+    return torch_device
+
+
+def _prepare_data(out, sc, scale, src, size, seed, resume):
+    """The train and held-out multi-GT sets, kept on resume when written for the same key; returns
+    (their description, whether they were written in this call)."""
     data_marker = _marker(out, 'data')
     data_key = {'src': str(Path(src).resolve()) if src else None, 'size': size if src else None, 'seed': seed,
                 'scale': scale}
@@ -607,7 +611,12 @@ def run(out=DEFAULT_OUT, src=None, arch='rrdb', scale='small', iters_scale=1.0, 
         data_marker.write_text(json.dumps({'key': data_key, 'data': data}) + '\n')
         data_fresh = True
     _log(f"data: {data[TRAIN_SET]['groups']} training groups, {data[HELDOUT_SET]['groups']} held-out groups")
-    paths = write_options(out, arch, sc, device, iters_scale)
+    return data, data_fresh
+
+
+def _train_stages(out, arch, sc, paths, iters_scale, resume, data_fresh):
+    """Train every stage (a finished one is skipped on resume unless its data or parent changed); returns
+    {stage key: {'method', 'iters', 'seconds', 'cpu_seconds', ...}}."""
     stages, rerun = {}, set()  # rerun: the stages trained in this call (their children must be trained again)
     for stage in STAGES:
         iters = stage_iters(stage, sc, iters_scale)
@@ -625,6 +634,12 @@ def run(out=DEFAULT_OUT, src=None, arch='rrdb', scale='small', iters_scale=1.0, 
             rerun.add(stage.key)
             _log(f"stage {stage.key}: done in {info['seconds']:.0f} s ({info['cpu_seconds']:.0f} s CPU)")
         stages[stage.key] = info
+    return stages
+
+
+def _infer_and_evaluate(out, arch, torch_device, heldout_root, metrics, stages):
+    """Inference on the held-out LQ, then ``evaluate`` (HGGT's protocol); adds their times to ``stages``;
+    returns the evaluation's result."""
     _log('inference on the held-out LQ')
     t0, c0 = time.time(), time.process_time()
     folders = infer(out, arch, torch_device)
@@ -635,20 +650,43 @@ def run(out=DEFAULT_OUT, src=None, arch='rrdb', scale='small', iters_scale=1.0, 
 
     t0, c0 = time.time(), time.process_time()
     try:
-        result = evaluate([str(f) for f in folders], data[HELDOUT_SET]['root'], metrics=list(metrics),
+        result = evaluate([str(f) for f in folders], heldout_root, metrics=list(metrics),
                           out=str(out / 'evaluation'), device=torch_device, progress=False)
     except EvaluateError as e:
         raise ReproError(str(e)) from None
     stages['evaluation'] = {'method': '-', 'iters': 0, 'seconds': round(time.time() - t0, 1),
                             'cpu_seconds': round(time.process_time() - c0, 1)}
-    v = verdict(result)
-    if scale == 'tiny':  # a smoke test: no verdict (summary_markdown says why)
-        v = {**v, 'overall': None, 'smoke_test': True}
-    info = {'arch': arch, 'scale': scale, 'train_groups': data[TRAIN_SET]['groups'],
-            'heldout_groups': data[HELDOUT_SET]['groups'], 'stages': stages, 'total_seconds': time.time() - t_start}
+    return result
+
+
+def _write_summary(out, result, v, info):
+    """``summary.md`` and ``summary.json`` under ``out``; returns the path of ``summary.md``."""
     summary = out / 'summary.md'
     summary.write_text(summary_markdown(result, v, info), encoding='utf-8')
     (out / 'summary.json').write_text(json.dumps({'verdict': {**v, 'judges': {
         k: {**j, 'amo_vs_upos': list(j['amo_vs_upos']), 'ft_vs_amo': list(j['ft_vs_amo'])}
         for k, j in v['judges'].items()}}, **info}, indent=1, default=str) + '\n')
+    return summary
+
+
+def run(out=DEFAULT_OUT, src=None, arch='rrdb', scale='small', iters_scale=1.0, size=256, device='auto',
+        resume=False, metrics=METRICS, seed=0, threads=1):
+    """Run every stage (module docstring); returns ``{'out', 'summary', 'evaluation', 'verdict'}``."""
+    _check_inputs(arch, scale, iters_scale, src, size, threads, device)
+    torch_device = _torch_device(device, threads)
+    sc = SCALES[scale]
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault('IQA_PLUGIN_OFFLINE', '1')  # nothing is downloaded: the stages inherit it
+    t_start = time.time()
+    data, data_fresh = _prepare_data(out, sc, scale, src, size, seed, resume)
+    paths = write_options(out, arch, sc, device, iters_scale)
+    stages = _train_stages(out, arch, sc, paths, iters_scale, resume, data_fresh)
+    result = _infer_and_evaluate(out, arch, torch_device, data[HELDOUT_SET]['root'], metrics, stages)
+    v = verdict(result)
+    if scale == 'tiny':  # a smoke test: no verdict (summary_markdown says why)
+        v = {**v, 'overall': None, 'smoke_test': True}
+    info = {'arch': arch, 'scale': scale, 'train_groups': data[TRAIN_SET]['groups'],
+            'heldout_groups': data[HELDOUT_SET]['groups'], 'stages': stages, 'total_seconds': time.time() - t_start}
+    summary = _write_summary(out, result, v, info)
     return {'out': out, 'summary': summary, 'evaluation': out / 'evaluation', 'verdict': v}
