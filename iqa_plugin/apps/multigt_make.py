@@ -117,6 +117,61 @@ def load_hr(path, size=None):
 
 
 # ------------------------------------------------------------------------------------- the set
+def _check_inputs(src, files, size, candidates, disagree, set_name):
+    """ValueError for an argument out of range or no images, before anything is written."""
+    if not files:
+        raise ValueError(f'make-multigt: no images in {src}')
+    if size is not None and int(size) < 16:
+        raise ValueError(f'make-multigt: --size {size} is below the 16 px minimum of the distortion engine')
+    if not 1 <= int(candidates) <= 98:
+        raise ValueError(f'make-multigt: candidates must be in 1..98, got {candidates}')
+    if not 0 <= float(disagree) <= 1:
+        raise ValueError(f'make-multigt: disagree must be in [0, 1], got {disagree}')
+    if not set_name or Path(set_name).name != set_name or set_name in ('.', '..'):
+        raise ValueError(f'make-multigt: --set must be a plain folder name, got {set_name!r}')
+
+
+def _candidate(hr, name, folder, rng, disagree, images, votes):
+    """Render, write and annotate one enhanced candidate of ``hr`` (the annotators' votes go into ``votes``);
+    returns (majority label, its entry in the group's metadata)."""
+    true_class = CLASSES[rng.choice(len(CLASSES), p=CLASS_PROBS)]
+    ops = OPERATIONS[true_class]
+    op, (lo, hi) = ops[rng.integers(len(ops))]
+    strength = float(rng.uniform(lo, hi))
+    cand = render(hr, op, strength, np.random.default_rng(rng.integers(2 ** 63)))
+    fname = f'{name}_{folder}.png'
+    write_image(images / folder / fname, cand)
+    key = L.picture_key(folder)
+    for a in L.ANNOTATORS:
+        votes[a][key] = {'Name': f'{name}_{folder}', 'File': fname, 'Label': annotate(true_class, rng, disagree)}
+    vote = L.majority_vote([votes[a][key]['Label'] for a in L.ANNOTATORS])
+    entry = {'folder': folder, 'file': fname, 'op': op, 'strength': round(strength, 6),
+             'true_label': L.LABEL_NAMES[true_class], 'label': L.LABEL_NAMES[vote],
+             'votes': [votes[a][key]['Label'] for a in L.ANNOTATORS]}
+    return vote, entry
+
+
+def _group(path, ss, size, folders, disagree, images, labels):
+    """One HR image: its original, its candidates and every annotator's label file; returns
+    (the group's metadata, the candidates' majority labels)."""
+    name = path.stem
+    rng = np.random.default_rng(ss)
+    hr = quantise8(load_hr(path, size))
+    write_image(images / L.ORIGINAL / f'{name}.png', hr)
+    votes = {a: {} for a in L.ANNOTATORS}
+    group = {'name': name, 'source': str(path), 'candidates': []}
+    majority = []
+    for folder in folders:
+        vote, entry = _candidate(hr, name, folder, rng, disagree, images, votes)
+        majority.append(vote)
+        group['candidates'].append(entry)
+    for a in L.ANNOTATORS:
+        p = labels / a / f'{name}.json'
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(votes[a], indent=2) + '\n', encoding='utf-8')
+    return group, majority
+
+
 def make_multigt(src, out, set_name='train', seed=0, size=None, candidates=4, disagree=0.2, limit=None):
     """Write a multi-GT set in HGGT's layout (module docstring) from the images in ``src``.
 
@@ -137,16 +192,7 @@ def make_multigt(src, out, set_name='train', seed=0, size=None, candidates=4, di
     files = list_images(src)
     if limit:
         files = files[:int(limit)]
-    if not files:
-        raise ValueError(f'make-multigt: no images in {src}')
-    if size is not None and int(size) < 16:
-        raise ValueError(f'make-multigt: --size {size} is below the 16 px minimum of the distortion engine')
-    if not 1 <= int(candidates) <= 98:
-        raise ValueError(f'make-multigt: candidates must be in 1..98, got {candidates}')
-    if not 0 <= float(disagree) <= 1:
-        raise ValueError(f'make-multigt: disagree must be in [0, 1], got {disagree}')
-    if not set_name or Path(set_name).name != set_name or set_name in ('.', '..'):
-        raise ValueError(f'make-multigt: --set must be a plain folder name, got {set_name!r}')
+    _check_inputs(src, files, size, candidates, disagree, set_name)
     images, labels = out / 'images' / set_name, out / 'labels' / set_name
     folders = [f'{k:02d}' for k in range(1, int(candidates) + 1)]
     seqs = np.random.SeedSequence(int(seed)).spawn(len(files))
@@ -156,38 +202,13 @@ def make_multigt(src, out, set_name='train', seed=0, size=None, candidates=4, di
     without_positive = 0
     names = set()
     for path, ss in zip(files, seqs):
-        name = path.stem
-        if name in names:
-            raise ValueError(f'make-multigt: two images named {name} in {src}')
-        names.add(name)
-        rng = np.random.default_rng(ss)
-        hr = quantise8(load_hr(path, size))
-        write_image(images / L.ORIGINAL / f'{name}.png', hr)
-        votes = {a: {} for a in L.ANNOTATORS}
-        group = {'name': name, 'source': str(path), 'candidates': []}
-        majority = []
-        for folder in folders:
-            true_class = CLASSES[rng.choice(len(CLASSES), p=CLASS_PROBS)]
-            ops = OPERATIONS[true_class]
-            op, (lo, hi) = ops[rng.integers(len(ops))]
-            strength = float(rng.uniform(lo, hi))
-            cand = render(hr, op, strength, np.random.default_rng(rng.integers(2 ** 63)))
-            fname = f'{name}_{folder}.png'
-            write_image(images / folder / fname, cand)
-            key = L.picture_key(folder)
-            for a in L.ANNOTATORS:
-                votes[a][key] = {'Name': f'{name}_{folder}', 'File': fname, 'Label': annotate(true_class, rng, disagree)}
-            vote = L.majority_vote([votes[a][key]['Label'] for a in L.ANNOTATORS])
-            majority.append(vote)
+        if path.stem in names:
+            raise ValueError(f'make-multigt: two images named {path.stem} in {src}')
+        names.add(path.stem)
+        group, majority = _group(path, ss, size, folders, disagree, images, labels)
+        for vote in majority:
             counts[L.LABEL_NAMES[vote]] += 1
-            group['candidates'].append({'folder': folder, 'file': fname, 'op': op, 'strength': round(strength, 6),
-                                        'true_label': L.LABEL_NAMES[true_class], 'label': L.LABEL_NAMES[vote],
-                                        'votes': [votes[a][key]['Label'] for a in L.ANNOTATORS]})
         without_positive += L.LABEL_POSITIVE not in majority
-        for a in L.ANNOTATORS:
-            p = labels / a / f'{name}.json'
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(votes[a], indent=2) + '\n', encoding='utf-8')
         meta['groups'].append(group)
     meta_path = out / 'meta' / f'{set_name}.json'
     meta_path.parent.mkdir(parents=True, exist_ok=True)
