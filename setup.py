@@ -27,8 +27,10 @@ setup(
     include_package_data=False,
     install_requires=[
         'basicsr==1.4.2',
-        'torch>=2.5',  # torch.serialization.safe_globals (utils/dist.py) is 2.5's; torch.compiler.is_compiling 2.3's
-        'torchvision>=0.20',  # the release of torch 2.5
+        # 2.6: torch.load reads weights_only=True by default, which BasicSR's own resume loader (used as it is on
+        # GPUs, basicsr_glue/dist.py) relies on; torch.serialization.safe_globals is 2.5's
+        'torch>=2.6',
+        'torchvision>=0.21',  # the release of torch 2.6
         'pyiqa==0.1.16',  # the release tested: iqa_plugin.scoring.pyiqa_offline replaces names inside its arch modules
         'lpips',
         'timm',

@@ -138,6 +138,11 @@ def enable_cpu_distributed():
                       f"({', '.join(TESTED_BASICSR)}); its CPU resume and CPU-DDP set-up are left unpatched")
         _enabled = True
         return
+    # BasicSR's own GPU resume loader reads with torch.load's default, weights_only=True since torch 2.6; the
+    # one non-tensor type in its state files is the Counter of MultiStepRestartLR's milestones: allow it.
+    import collections
+
+    torch.serialization.add_safe_globals([collections.Counter])
     if not torch.cuda.is_available():
         import basicsr.train as basicsr_train
         import basicsr.utils.options as options
