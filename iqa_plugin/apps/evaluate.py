@@ -287,6 +287,31 @@ def evaluate(results, gt, labels=None, metrics=DEFAULT_METRICS, out=None, device
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     gts, protocol = load_gt_set(gt, labels)
     by_name = {g.name: g for g in gts}
+    methods = _match_methods(results, by_name)
+    scorers, skipped = build_metrics(_metric_names(metrics), device)
+    has_nr = any(m.kind == 'nr' for m in scorers)
+    total = sum(len(m['matched']) for m in methods) + (len({n for m in methods for n in m['matched']}) if has_nr else 0)
+    bar = tqdm(total=total, desc='evaluate', unit='img', disable=not progress)
+    rows = _score_methods(methods, by_name, scorers, device, batch_size, bar)
+    gold = []
+    if has_nr:  # the GTs themselves, per image the mean over its effective positives
+        gold = _score_gold(methods, by_name, scorers, device, batch_size, bar)
+        rows += gold
+    bar.close()
+    scored = [s.name for s in scorers]
+    summary = _method_means(methods + ([{'method': GOLD, 'folder': str(gt), 'matched': {r['image']: 0 for r in gold},
+                                         'unmatched': []}] if has_nr else []), rows, scored)
+    result = {'protocol': protocol, 'crop_border': CROP_BORDER, 'metrics': scored, 'skipped': skipped,
+              'lower_better': {s.name: s.lower_better for s in scorers},
+              'kinds': {s.name: s.kind for s in scorers}, 'methods': summary, 'per_image': rows, 'files': []}
+    if out is not None:
+        result['files'] = write_tables(result, out) + write_plots(result, out)
+    return result
+
+
+def _match_methods(results, by_name):
+    """One entry per results folder: its unique method name, folder, matched {GT name: path} and unmatched
+    files (warned about)."""
     methods = []
     for folder in results:
         matched, unmatched = match_results(folder, by_name)
@@ -296,14 +321,22 @@ def evaluate(results, gt, labels=None, metrics=DEFAULT_METRICS, out=None, device
             _warn(f'{len(unmatched)} unmatched file(s) in {folder}')
         methods.append({'method': _unique(Path(folder).name, [m['method'] for m in methods]),
                         'folder': str(folder), 'matched': matched, 'unmatched': [str(p) for p, _ in unmatched]})
+    return methods
+
+
+def _metric_names(metrics):
+    """The metric names of ``metrics`` (comma-separated text or a list); EvaluateError when none."""
     names = [m.strip() for m in (metrics.split(',') if isinstance(metrics, str) else metrics) if m.strip()]
     if not names:
         raise EvaluateError('no metric named (--metrics psnr,ssim,...)')
-    scorers, skipped = build_metrics(names, device)
-    has_nr = any(m.kind == 'nr' for m in scorers)
+    return names
+
+
+def _score_methods(methods, by_name, scorers, device, batch_size, bar):
+    """Per-image rows of every method: FR metrics against the image's GTs, NR metrics in batches."""
+    import torch
+
     rows = []
-    total = sum(len(m['matched']) for m in methods) + (len({n for m in methods for n in m['matched']}) if has_nr else 0)
-    bar = tqdm(total=total, desc='evaluate', unit='img', disable=not progress)
     for m in methods:
         images, method_rows = [], []
         for name in sorted(m['matched']):
@@ -322,31 +355,31 @@ def evaluate(results, gt, labels=None, metrics=DEFAULT_METRICS, out=None, device
             for row, v in zip(method_rows, vals):
                 row[k] = v
         rows += method_rows
+    return rows
+
+
+def _score_gold(methods, by_name, scorers, device, batch_size, bar):
+    """Rows of the GTs themselves (NR metrics): per image the mean over its effective positives."""
     gold = []
-    if has_nr:  # the GTs themselves, per image the mean over its effective positives
-        for name in sorted({n for m in methods for n in m['matched']}):
-            refs = [_read(p, device) for p in by_name[name].refs]
-            vals = _score_nr(scorers, refs, batch_size)
-            gold.append({'method': GOLD, 'image': name, 'file': ';'.join(map(str, by_name[name].refs)),
-                         'n_gt': len(refs), **{s.name: None for s in scorers if s.kind == 'fr'},
-                         **{k: _mean(v) for k, v in vals.items()}})
-            bar.update(1)
-        rows += gold
-    bar.close()
-    scored = [s.name for s in scorers]
+    for name in sorted({n for m in methods for n in m['matched']}):
+        refs = [_read(p, device) for p in by_name[name].refs]
+        vals = _score_nr(scorers, refs, batch_size)
+        gold.append({'method': GOLD, 'image': name, 'file': ';'.join(map(str, by_name[name].refs)),
+                     'n_gt': len(refs), **{s.name: None for s in scorers if s.kind == 'fr'},
+                     **{k: _mean(v) for k, v in vals.items()}})
+        bar.update(1)
+    return gold
+
+
+def _method_means(methods, rows, scored):
+    """Per method (the GT rows included when ``methods`` lists them): images, unmatched files, metric means."""
     summary = []
-    for m in methods + ([{'method': GOLD, 'folder': str(gt), 'matched': {r['image']: 0 for r in gold},
-                          'unmatched': []}] if has_nr else []):
+    for m in methods:
         mine = [r for r in rows if r['method'] == m['method']]
         summary.append({'method': m['method'], 'folder': m['folder'], 'images': len(mine),
                         'unmatched': len(m['unmatched']),
                         'means': {k: _mean([r.get(k) for r in mine]) for k in scored}})
-    result = {'protocol': protocol, 'crop_border': CROP_BORDER, 'metrics': scored, 'skipped': skipped,
-              'lower_better': {s.name: s.lower_better for s in scorers},
-              'kinds': {s.name: s.kind for s in scorers}, 'methods': summary, 'per_image': rows, 'files': []}
-    if out is not None:
-        result['files'] = write_tables(result, out) + write_plots(result, out)
-    return result
+    return summary
 
 
 def _unique(name, taken):
