@@ -1,4 +1,4 @@
-"""The ``iqa-plugin`` command (console script ``iqa-plugin``, or ``python -m iqa_plugin.cli``).
+"""The ``iqa-plugin`` command (console script ``iqa-plugin``, or ``python -m iqa_plugin_cli``).
 
     iqa-plugin train -opt YAML [--launcher none|pytorch|slurm] [--auto_resume] [--debug]
     iqa-plugin score --metric NAME [--ref PATH] --dist PATH [--weights PATH] [--json]
@@ -19,9 +19,11 @@ One module per subcommand (``train``, ``score``, ``score_gts``, ``weights``, ``b
 ``NAME``, ``HELP``, ``add_parser(subparsers)`` and ``main(args)`` (or ``main_argv(argv)`` for a
 ``PASSTHROUGH`` command whose arguments belong to someone else: ``train`` to BasicSR's parser, ``bench NAME``
 to the bench's, ``run`` to the script); ``common`` holds what they share.
-They import nothing from this package module. In the command's process ``import iqa_plugin`` does not
-register the plugin (see ``iqa_plugin.register``): the subcommands that need BasicSR's registries
-call ``iqa_plugin.register()``, so ``--help`` and ``weights list`` import no torch.
+They import nothing from this package module. The console script's entry module ``iqa_plugin_cli`` (top
+level, outside the package) sets ``IQA_PLUGIN_LAZY_REGISTER=1`` while it imports this package, so
+``import iqa_plugin`` does not register in the command's process: the subcommands that need BasicSR's
+registries call ``iqa_plugin.register()``, and ``--help`` and ``weights list`` import no torch.
+``python -m iqa_plugin.cli`` registers at import (correct, seconds slower to start).
 
 Errors in the input print one line ``iqa-plugin: error: ...`` and exit with status 2; bugs keep their
 traceback and exit with status 1 (``common.is_input_error``; ``IQA_PLUGIN_TRACEBACK=1`` shows every

@@ -28,14 +28,15 @@ COMMANDS = {'help': ['--help'], 'weights_list': ['weights', 'list']}
 
 def command_prefix(command=None):
     """The argv prefix that starts the command: ``command`` if given, else the ``iqa-plugin`` console
-    script beside this interpreter (or on PATH), else ``python -m iqa_plugin.cli``."""
+    script beside this interpreter (or on PATH), else ``python -m iqa_plugin_cli`` (the same lazy entry;
+    ``python -m iqa_plugin.cli`` registers eagerly)."""
     if command:
         return shlex.split(command)
     beside = Path(sys.executable).with_name('iqa-plugin')
     if beside.is_file():
         return [str(beside)]
     found = shutil.which('iqa-plugin')
-    return [found] if found else [sys.executable, '-m', 'iqa_plugin.cli']
+    return [found] if found else [sys.executable, '-m', 'iqa_plugin_cli']
 
 
 def time_once(argv, env):
