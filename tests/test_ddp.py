@@ -69,22 +69,10 @@ def _watch_writes(root):
     return writes
 
 
-def _reset_basicsr_logger():
-    """A new ``train_<name>_<time>.log`` for the next run in this process (BasicSR sets its logger up once)."""
-    import logging
-
-    from basicsr.utils import logger as basicsr_logger
-
-    log = logging.getLogger('basicsr')
-    for h in list(log.handlers):
-        log.removeHandler(h)
-        h.close()
-    basicsr_logger.initialized_logger.pop('basicsr', None)
-
-
 def launched(root, runs):
     """Each of ``runs`` (argument lists of ``iqa_plugin.train``) in turn, experiments under ``root``."""
     import iqa_plugin  # noqa: F401  (shim + registries before basicsr)
+    from iqa_plugin.basicsr_glue.logger import reset_basicsr_logger
     from iqa_plugin.train import run
 
     torch.set_num_threads(1)
@@ -92,7 +80,7 @@ def launched(root, runs):
     writes = _watch_writes(root)
     for argv in runs:
         del writes[:]
-        _reset_basicsr_logger()
+        reset_basicsr_logger()  # each run its own train_*.log
         run(argv, root_path=root)
         print(WRITES_TAG + json.dumps({'rank': rank, 'opt': argv[1], 'writes': writes}), flush=True)
 

@@ -347,23 +347,14 @@ def stage_output(log):
     BasicSR's ``get_root_logger`` sets its handlers up once per process (``initialized_logger``); the 'basicsr'
     logger is reset before and after the stage, so each stage gets its own handlers, its own train_*.log in
     its experiment folder, and its console lines in ``log``."""
-    import logging
-
-    from basicsr.utils import logger as basicsr_logger
-
-    def reset():
-        lg = logging.getLogger('basicsr')
-        for h in list(lg.handlers):
-            lg.removeHandler(h)
-            h.close()
-        basicsr_logger.initialized_logger.pop('basicsr', None)
+    from iqa_plugin.basicsr_glue.logger import reset_basicsr_logger
 
     with open(log, 'a', encoding='utf-8') as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        reset()
+        reset_basicsr_logger()
         try:
             yield f
         finally:
-            reset()
+            reset_basicsr_logger()
 
 
 def run_stage(out, stage, arch, opt_path, resume=False):
