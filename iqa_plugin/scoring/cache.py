@@ -114,10 +114,9 @@ def float32_scoring(device_type='cpu'):
     """
     import torch
 
-    available = getattr(torch.amp, 'is_autocast_available', lambda kind: kind in ('cpu', 'cuda'))  # torch < 2.4
     with contextlib.ExitStack() as stack:
         for kind in dict.fromkeys(('cpu', str(device_type))):
-            if available(kind):
+            if torch.amp.is_autocast_available(kind):
                 stack.enter_context(torch.autocast(kind, enabled=False))
         yield
 
